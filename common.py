@@ -1,0 +1,131 @@
+"""
+What train.py, sample.py and evaluate.py all need and no model owns: one-line user errors, atomic
+checkpoints that fail clearly, the EMA update, and the two kinds of picture (image grid, loss curve).
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+# -----------------------------------------------------------------------------
+# Errors the user can fix: one line on stderr, exit code 1 (argparse's own usage errors exit with 2)
+
+
+class UserError(Exception):
+    """Raised for bad input: the message is the whole report, no traceback."""
+
+
+def fail(message, code=1):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage block first). Exit code 2."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: one dict per task, written to a temp file and renamed over the old one, so that a run killed
+# mid-write leaves the previous checkpoint intact.
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous checkpoint is "
+                        f"unchanged. Free disk space or choose another --out-dir") from None
+
+
+def load_checkpoint(path, expect_task=None, make_it=None):
+    """Load a checkpoint dict on the CPU, or raise UserError saying what is wrong and how to fix it."""
+    hint = f"; make it with: {make_it}" if make_it else ""
+    if not os.path.exists(path):
+        raise UserError(f"no checkpoint at {path}{hint}")
+    if os.path.isdir(path):
+        raise UserError(f"{path} is a directory, not a checkpoint file{hint}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, random bytes, pickle errors: all mean the same to the user
+        raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated or corrupt. "
+                        f"Delete it and train again{hint}") from None
+    if not isinstance(ck, dict) or "task" not in ck:
+        raise UserError(f"{path} is not a flowtok checkpoint{hint}")
+    if expect_task is not None and ck["task"] != expect_task:
+        raise UserError(f"{path} is a '{ck['task']}' checkpoint, expected '{expect_task}'{hint}")
+    return ck
+
+
+# -----------------------------------------------------------------------------
+# Exponential moving average of the weights
+
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    """ema <- decay * ema + (1 - decay) * model, for parameters; buffers are copied."""
+    e_params = [p for p in ema.parameters()]
+    m_params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
+    for eb, mb in zip(ema.buffers(), model.buffers()):
+        eb.copy_(mb)
+
+
+# -----------------------------------------------------------------------------
+# Pictures
+
+def save_image_grid(images, nrow, path, labels=None):
+    """images (B, 3, H, W) in [0, 1] -> a PNG grid with nrow images per row; labels: one string per row."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    x = (images.detach().float().clamp(0, 1).cpu() * 255).round().byte()
+    B, _, H, W = x.shape
+    scale = max(1, 64 // H)  # small images are upscaled (nearest) so they can be looked at
+    rows = (B + nrow - 1) // nrow
+    pad = 2
+    label_w = 0 if labels is None else 8 * max(len(s) for s in labels) + 8
+    grid = Image.new("RGB", (label_w + nrow * (W * scale + pad) + pad, rows * (H * scale + pad) + pad), "white")
+    for i in range(B):
+        r, c = divmod(i, nrow)
+        im = Image.fromarray(x[i].permute(1, 2, 0).numpy()).resize((W * scale, H * scale), Image.NEAREST)
+        grid.paste(im, (label_w + pad + c * (W * scale + pad), pad + r * (H * scale + pad)))
+    if labels is not None:
+        draw = ImageDraw.Draw(grid)
+        for r, s in enumerate(labels):
+            draw.text((4, pad + r * (H * scale + pad) + H * scale // 2 - 5), s, fill="black")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.png"
+    grid.save(tmp)
+    os.replace(tmp, path)
+    return np.asarray(grid)
+
+
+def save_loss_curve(history, path):
+    """history: list of log dicts with 'step' and loss terms -> PNG, one log-scale panel per loss term."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = [k for k in history[-1] if k == "loss" or k.startswith("loss_") or k in ("rec", "kl", "flow", "align", "ce")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    steps = [h["step"] for h in history]
+    for ax, k in zip(axes[0], keys):
+        ax.plot(steps, [h.get(k, float("nan")) for h in history])
+        ax.set_yscale("log")
+        ax.set_title(k)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

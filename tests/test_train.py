@@ -1,0 +1,110 @@
+"""train.py and evaluate.py end to end, on the tiny preset: loss falls, exact resume, torchrun, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16",
+        "--log-every", "2", "--sample-every", "1000", "--save-every", "1000"]
+
+
+def run(*args, check=True, launcher=(sys.executable,)):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([*launcher, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def log_losses(out_dir):
+    with open(os.path.join(out_dir, "tokenizer_log.jsonl")) as f:
+        return [(rec["step"], rec["loss"]) for rec in map(json.loads, f)]
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode != 0
+    err = r.stderr.strip()
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    assert len(err.splitlines()) == 1, err
+    for n in needles:
+        assert n in err, err
+
+
+def test_training_loss_falls_and_evaluate_reads_it(tmp_path):
+    out = str(tmp_path / "out")
+    run("train.py", *TINY, "--max-steps", "60", "--lr", "3e-3", "--out-dir", out)
+    losses = [l for _, l in log_losses(out)]
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:2]) / 2, losses
+    for name in ("tokenizer.pt", "tokenizer_loss.png", "tokenizer_preview.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
+    assert ck["finished"] and ck["step"] == 60 and ck["config"]["lr"] == 3e-3
+    assert ck["model_config"]["num_latents"] == 8 and ck["ema"]["latent_scale"] > 0
+    r = run("evaluate.py", "--task", "tokenizer", "--out-dir", out, "--n", "64", "--json", str(tmp_path / "r.json"))
+    res = json.load(open(tmp_path / "r.json"))["tokenizer"]
+    assert 10 < res["psnr"] < 60 and res["n"] == 64 and "psnr" in r.stdout
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    run("train.py", *TINY, "--max-steps", "16", "--out-dir", a)
+    r = run("train.py", *TINY, "--max-steps", "16", "--out-dir", b, "--stop-at-step", "7")
+    assert "stopped at step 7" in r.stdout
+    assert torch.load(os.path.join(b, "tokenizer.pt"), weights_only=False)["step"] == 7
+    run("train.py", *TINY, "--max-steps", "16", "--out-dir", b, "--resume")
+    assert log_losses(a) == log_losses(b)  # every logged loss, bit for bit
+    wa = torch.load(os.path.join(a, "tokenizer.pt"), weights_only=False)
+    wb = torch.load(os.path.join(b, "tokenizer.pt"), weights_only=False)
+    for k in wa["model"]:
+        assert torch.equal(wa["model"][k], wb["model"][k]), k
+        assert torch.equal(wa["ema"][k], wb["ema"][k]), k
+
+
+def test_torchrun_two_cpu_processes(tmp_path):
+    out = str(tmp_path / "ddp")
+    r = run("train.py", *TINY, "--max-steps", "6", "--out-dir", out,
+            launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert "2 process(es)" in r.stdout
+    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
+    assert ck["step"] == 6 and ck["finished"]
+    assert len(log_losses(out)) == 3  # rank 0 alone writes the log
+
+
+def test_missing_and_empty_data_are_one_line_errors(tmp_path):
+    r = run("train.py", *TINY, "--out-dir", str(tmp_path / "o"), "--data", str(tmp_path / "nope"), check=False)
+    assert_one_line_error(r, str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    r = run("train.py", *TINY, "--out-dir", str(tmp_path / "o"), "--data", str(tmp_path / "empty"), check=False)
+    assert_one_line_error(r, str(tmp_path / "empty"))
+
+
+def test_unreadable_images_are_skipped_and_reported(tmp_path):
+    from PIL import Image
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (20 + i, 24), (10 * i, 100, 200)).save(folder / f"im{i}.png")
+        (folder / f"im{i}.txt").write_text(f"a picture number {i}")
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    (folder / "broken.txt").write_text("a broken picture")
+    out = str(tmp_path / "o")
+    r = run("train.py", *TINY, "--max-steps", "2", "--out-dir", out, "--data", str(folder), "--num-train", "1000")
+    assert "skipped 1 unreadable" in r.stdout, r.stdout
+
+
+def test_bad_flags_are_usage_errors(tmp_path):
+    for flags in (["--batch-size", "0"], ["--max-steps", "-3"], ["--preset", "huge"]):
+        r = run("train.py", *TINY, "--out-dir", str(tmp_path / "o"), *flags, check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (flags, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and flags[0] in r.stderr, r.stderr
+    r = run("train.py", "--task", "nope", check=False)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_evaluate_without_checkpoint_names_the_command(tmp_path):
+    r = run("evaluate.py", "--task", "tokenizer", "--out-dir", str(tmp_path), check=False)
+    assert_one_line_error(r, "python train.py --task tokenizer")

@@ -1,0 +1,339 @@
+"""
+Train a flowtok model. One file, one loop; each --task only says what its model and loss are.
+
+    --task tokenizer   the 1D image tokenizer (tokenizer.py)                     -> out/tokenizer.pt
+
+Launch:
+    1 CPU or 1 GPU (auto-detected: cuda, then mps, then cpu):
+        python train.py --task tokenizer
+    8 GPUs on one machine:
+        torchrun --standalone --nproc_per_node=8 train.py --task tokenizer --preset paper
+    2 nodes x 8 GPUs (run on each node, node_rank 0 and 1; MASTER is node 0's address):
+        torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --master_addr=MASTER --master_port=29500 \
+            train.py --task tokenizer --preset paper
+    2 CPU processes (gloo), e.g. to check the distributed path on a laptop:
+        torchrun --standalone --nproc_per_node=2 train.py --task tokenizer
+
+--batch-size is the global batch: each of the W processes takes batch_size / W samples of it.
+A killed run continues with --resume from the last checkpoint in --out-dir. Every random draw is a pure
+function of (seed, rank, step), and the data order a pure function of (seed, epoch), so a resumed run
+repeats exactly the steps an uninterrupted run would have taken: nothing but the weights, the optimizer
+and the step needs saving for that.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+
+import data
+import tokenizer as tok
+from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve, save_image_grid,
+                    fail)
+
+# -----------------------------------------------------------------------------
+# Defaults per task: the recipes. A flag given on the command line overrides its entry here.
+
+TASK_DEFAULTS = {
+    "tokenizer": dict(preset="cpu", batch_size=32, max_steps=2500, lr=2e-3, min_lr=2e-5, lr_schedule="cosine",
+                      warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                      kl_weight=1e-6),
+}
+TASKS = tuple(TASK_DEFAULTS)
+
+
+def get_args(argv=None):
+    p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
+                                epilog="Per-task defaults (a flag overrides):\n" + "\n".join(
+                                    f"  {t}: {d}" for t, d in TASK_DEFAULTS.items()))
+    p.add_argument("--task", required=True, choices=TASKS, help="what to train")
+    p.add_argument("--out-dir", default="out", help="checkpoints, logs and pictures go here (default: out)")
+    p.add_argument("--data", default="shapes",
+                   help="'shapes' (embedded, rendered on the fly), a COCO captions_*.json or COCO root, or a folder "
+                        "of images with .txt captions or a captions.jsonl")
+    p.add_argument("--preset", help="model size preset (tokenizer: tiny, cpu, paper)")
+    p.add_argument("--image-size", type=int, help="override the preset's image resolution")
+    p.add_argument("--num-tokens", type=int, help="override N, the number of latent tokens (= text length)")
+    p.add_argument("--num-train", type=int, help="use only the first N training samples")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across processes)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps to train for")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    p.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), help="after the linear warm-up")
+    p.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--beta2", type=float, help="AdamW beta2 (beta1 is 0.9)")
+    p.add_argument("--grad-clip", type=float, help="clip the global gradient norm (0: off)")
+    p.add_argument("--ema-decay", type=float, help="EMA of the weights (warmed up as min(decay, (1+s)/(10+s)))")
+    p.add_argument("--kl-weight", type=float, help="tokenizer: weight of the KL term")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/TASK.pt")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--sample-every", type=int, default=500, help="steps between preview pictures")
+    p.add_argument("--stop-at-step", type=int, help="save and exit at this step, as a planned interruption "
+                                                      "(the schedule still runs to --max-steps)")
+    args = p.parse_args(argv)
+    for k, v in TASK_DEFAULTS[args.task].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.task == "tokenizer" and args.preset not in tok.PRESETS:
+        p.error(f"--preset {args.preset!r} is not a tokenizer preset; choose one of {', '.join(tok.PRESETS)}")
+    for name in ("batch_size", "max_steps", "log_every", "save_every", "sample_every"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_train is not None and args.num_train <= 0:
+        p.error(f"--num-train must be positive, got {args.num_train}")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive, got {args.lr}")
+    return args
+
+
+# -----------------------------------------------------------------------------
+# Processes and devices
+
+def setup_distributed(device_flag):
+    """One process, or one of many under torchrun (RANK is set). Returns (rank, world, device)."""
+    if device_flag == "auto":
+        device_flag = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    if device_flag == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(device_flag)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_flag == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device(device_flag)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def autocast_and_scaler(device):
+    """bf16 autocast on CUDA where supported, else fp16 with a GradScaler; fp32 elsewhere (CPU bf16 is slow)."""
+    if device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def learning_rate(args, step):
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    if args.lr_schedule == "constant":
+        return args.lr
+    progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def step_seed(args, rank, step):
+    return (args.seed * 1_000_003 + rank * 7919 + step) % (2 ** 63)
+
+
+def global_batch_indices(n, batch_size, step, seed):
+    """Indices of the global batch at `step`: consecutive slices of a per-epoch random permutation."""
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
+    return perm[k * batch_size: (k + 1) * batch_size]
+
+
+# -----------------------------------------------------------------------------
+# Tasks: each builds its model and says how a batch becomes a loss
+
+def tokenizer_config(args):
+    cfg = tok.TokenizerConfig(**vars(tok.PRESETS[args.preset]))
+    if args.image_size:
+        cfg.image_size = args.image_size
+    if args.num_tokens:
+        cfg.num_latents = args.num_tokens
+    if cfg.image_size % cfg.patch_size:
+        raise UserError(f"--image-size {cfg.image_size} is not a multiple of the patch size {cfg.patch_size}")
+    return cfg
+
+
+class TokenizerTask:
+    """Reconstruction: L2 + kl_weight * KL. Previews: real images over their EMA reconstructions."""
+
+    def __init__(self, args):
+        self.args = args
+        self.model_config = tokenizer_config(args)
+        self.model = tok.Tokenizer(self.model_config)
+        self.image_size = self.model_config.image_size
+
+    def loss(self, model, batch):
+        loss, stats, _ = model(batch["image"], kl_weight=self.args.kl_weight)
+        return loss, stats
+
+    @torch.no_grad()
+    def preview(self, ema, images, path):
+        recon = ema.decode(ema.encode(images)[0]).clamp(0, 1)
+        save_image_grid(torch.cat([images, recon]), nrow=len(images), path=path)
+
+    @torch.no_grad()
+    def finish(self, ema, train_images):
+        """Measure the latent scale factor on training images and store it in the (EMA) weights."""
+        ema.latent_scale.fill_(tok.measure_latent_scale(ema, train_images).item())
+        return {"latent_scale": ema.latent_scale.item()}
+
+
+TASK_CLASSES = {"tokenizer": TokenizerTask}
+
+
+# -----------------------------------------------------------------------------
+# The loop
+
+def train(args):
+    rank, world, device = setup_distributed(args.device)
+    master = rank == 0
+    if args.batch_size % world:
+        raise UserError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
+    os.makedirs(args.out_dir, exist_ok=True)
+    ckpt_path = os.path.join(args.out_dir, f"{args.task}.pt")
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    task = TASK_CLASSES[args.task](args)
+    model = task.model.to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)  # the weights that get saved for sampling
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, args.beta2))
+    autocast, scaler = autocast_and_scaler(device)
+
+    step, history = 0, []
+    if args.resume:
+        if os.path.exists(ckpt_path):
+            ck = load_checkpoint(ckpt_path, expect_task=args.task)
+            model.load_state_dict(ck["model"])
+            ema.load_state_dict(ck["ema"])
+            opt.load_state_dict(ck["optimizer"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            step, history = ck["step"], ck.get("history", [])
+            if master:
+                print(f"resuming {ckpt_path} at step {step}")
+        elif master:
+            print(f"--resume: no checkpoint at {ckpt_path} yet, starting from scratch")
+
+    # Data: the whole training set as one uint8 tensor (memory-mapped from out/cache for real data).
+    train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
+    val_set = data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
+    cache = os.path.join(args.out_dir, "cache")
+    if master:  # rank 0 renders / decodes once; the others then read its cache
+        images = data.image_tensor(train_set, cache_dir=cache, desc="train set")
+    if world > 1:
+        torch.distributed.barrier()
+    if not master:
+        images = data.image_tensor(train_set, cache_dir=cache)
+    preview_images = torch.stack([val_set[i]["image"] for i in range(min(8, len(val_set)))]).to(device)
+    if master:
+        skipped = getattr(train_set, "skipped", 0)
+        print(f"data: {args.data}: {len(train_set)} training images at {task.image_size}px"
+              + (f", skipped {skipped} unreadable or uncaptioned files" if skipped else ""))
+        print(f"model: {sum(p.numel() for p in params) / 1e6:.2f}M trainable parameters; device {device}, "
+              f"{world} process(es), global batch {args.batch_size}")
+
+    train_model = model
+    if args.compile:
+        train_model = torch.compile(model)
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save(final=False):
+        if not master:
+            return
+        atomic_save({"task": args.task, "config": vars(args), "model_config": vars(task.model_config),
+                     "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+                     "scaler": scaler.state_dict() if scaler is not None else None,
+                     "step": step, "history": history, "finished": final}, ckpt_path)
+        save_loss_curve(history, os.path.join(args.out_dir, f"{args.task}_loss.png"))
+
+    log_path = os.path.join(args.out_dir, f"{args.task}_log.jsonl")
+    if master and step == 0 and os.path.exists(log_path):
+        os.remove(log_path)  # a fresh run starts a fresh log; a resumed one appends
+    local_bs = args.batch_size // world
+    from tqdm import tqdm
+    bar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, desc=args.task)
+    t_last, n_last = time.time(), 0
+    model.train()
+    while step < args.max_steps:
+        torch.manual_seed(step_seed(args, rank, step))
+        idx = global_batch_indices(len(images), args.batch_size, step, args.seed)[rank * local_bs:(rank + 1) * local_bs]
+        batch = {"image": torch.as_tensor(images[idx.sort().values.numpy()]).to(device).float().div_(255.0)}
+        lr = learning_rate(args, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast():
+            loss, stats = task.loss(train_model, batch)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step} "
+                            f"({', '.join(f'{k}={v.item():.4g}' for k, v in stats.items())}); "
+                            f"the last good checkpoint is {ckpt_path}")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip) if args.grad_clip > 0 else torch.zeros(())
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+        step += 1
+        n_last += args.batch_size
+        bar.update(1)
+        if step % args.log_every == 0 or step == args.max_steps:
+            dt = time.time() - t_last
+            rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
+                   "grad_norm": gnorm.item(), "samples_per_s": n_last / dt, "time": time.time()}
+            t_last, n_last = time.time(), 0
+            history.append(rec)
+            if master:
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", sps=f"{rec['samples_per_s']:.0f}")
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+        if master and (step % args.sample_every == 0 or step == args.max_steps):
+            task.preview(ema, preview_images, os.path.join(args.out_dir, f"{args.task}_preview.png"))
+        if step == args.max_steps:
+            break
+        if step % args.save_every == 0 or step == args.stop_at_step:
+            save()
+        if step == args.stop_at_step:
+            bar.close()
+            if master:
+                print(f"stopped at step {step} as asked; continue with --resume")
+            return
+    bar.close()
+    if master:
+        extra = task.finish(ema, images[: min(len(images), 2048)].to(device).float() / 255.0)
+        save(final=True)
+        print(f"done: {ckpt_path} ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})")
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def main(argv=None):
+    args = get_args(argv)
+    try:
+        train(args)
+    except (UserError, data.DataError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; continue with --resume")
+
+
+if __name__ == "__main__":
+    main()
