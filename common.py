@@ -108,19 +108,21 @@ def save_image_grid(images, nrow, path, labels=None):
     return np.asarray(grid)
 
 
-def save_loss_curve(history, path):
-    """history: list of log dicts with 'step' and loss terms -> PNG, one log-scale panel per loss term."""
+def save_loss_curve(history, path, evals=()):
+    """history: list of log dicts with 'step' and loss terms -> PNG, one log-scale panel per loss term;
+    evals: list of dicts with 'step' and validation metrics, one linear panel each."""
     if not history:
         return
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [k for k in history[-1] if k == "loss" or k.startswith("loss_") or k in ("rec", "kl", "flow", "align", "ce")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    steps = [h["step"] for h in history]
-    for ax, k in zip(axes[0], keys):
-        ax.plot(steps, [h.get(k, float("nan")) for h in history])
-        ax.set_yscale("log")
+    keys = [k for k in history[-1] if k == "loss" or k.startswith("loss_") or k in ("rec", "kl", "perceptual", "flow", "align", "ce")]
+    metrics = [k for k in (evals[-1] if evals else {}) if k not in ("step", "train_seconds")]
+    panels = [(k, history, "log") for k in keys] + [(k, evals, "linear") for k in metrics]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)
+    for ax, (k, rows, scale) in zip(axes[0], panels):
+        ax.plot([h["step"] for h in rows], [h.get(k, float("nan")) for h in rows], marker="." if scale == "linear" else None)
+        ax.set_yscale(scale)
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

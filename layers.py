@@ -41,6 +41,12 @@ def rope_2d(h, w, dim, device=None):
     return torch.cat([rope_angles(rows, dim // 2), rope_angles(cols, dim // 2)], dim=-1)
 
 
+def sincos_2d(h, w, dim, device=None):
+    """Fixed absolute 2D position code (h * w, dim): sin and cos of the RoPE angles of each grid cell."""
+    ang = rope_2d(h, w, dim // 2, device=device)  # (h * w, dim // 4)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1).repeat_interleave(2, dim=-1)  # (h * w, dim)
+
+
 def apply_rope(x, angles):
     """Rotate channel pairs of x (..., L, dim) by angles (L, dim // 2). Computed in fp32, cast back."""
     cos, sin = angles.cos(), angles.sin()

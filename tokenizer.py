@@ -8,8 +8,10 @@ The 1D image tokenizer (TA-TiTok style, continuous, with FlowTok's RoPE + SwiGLU
         --ViT decoder--> keep the P mask outputs --pixel head--> image (B, 3, H, W)
 
 K (num_latents) equals the text length N so that text and image latents have the same shape (FLOWTOK.md).
-Patch tokens carry position only through 2D RoPE; latent tokens are unrotated and tell themselves apart by
-their learned content (encoder) or a learned per-slot embedding (decoder).
+Patch tokens carry position through 2D RoPE; latent tokens are unrotated and tell themselves apart by their
+learned content (encoder) or a learned per-slot embedding (decoder). One exception: the decoder's mask tokens
+are all the same vector, and RoPE only ever sees relative offsets, so nothing could tell the mask token of the
+top-left patch from that of the centre. They get a fixed (not learned) 2D sin-cos code of their absolute place.
 
 Images are float tensors in [0, 1] outside this file; inside, the networks see [-1, 1].
 """
@@ -19,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layers import Transformer, init_weights, rope_2d, split_moments, gaussian_sample, gaussian_kl
+from layers import Transformer, init_weights, rope_2d, sincos_2d, split_moments, gaussian_sample, gaussian_kl
 
 
 LOGVAR_INIT = -8.0  # initial posterior log-variance, see initialize_weights
@@ -29,15 +31,17 @@ LOGVAR_INIT = -8.0  # initial posterior log-variance, see initialize_weights
 class TokenizerConfig:
     image_size: int = 32
     patch_size: int = 4
-    num_latents: int = 32  # K, = text length N
+    num_latents: int = 16  # K, = text length N
     latent_dim: int = 16  # D
-    enc_width: int = 192
-    enc_depth: int = 4
+    enc_width: int = 128
+    enc_depth: int = 3
     enc_heads: int = 4
-    dec_width: int = 192
-    dec_depth: int = 4
+    dec_width: int = 128
+    dec_depth: int = 3
     dec_heads: int = 4
     text_dim: int = 0  # > 0: text-aware decoding, per-token text embeddings of this width join the decoder
+    stem_channels: int = 0  # > 0: a 3x3 conv (3 -> this) before the patch embedding; 0: plain ViT patchify
+    head_channels: int = 0  # > 0: pixel head predicts this many channels per pixel, two 3x3 convs make RGB
 
 
 # cpu: measured to train to high PSNR on 2 CPU cores in minutes (README, "Design choices").
@@ -59,7 +63,9 @@ class Tokenizer(nn.Module):
         p, K, D = cfg.patch_size, cfg.num_latents, cfg.latent_dim
         self.grid = cfg.image_size // p
         # encoder
-        self.patch_embed = nn.Conv2d(3, cfg.enc_width, kernel_size=p, stride=p)
+        c_in = cfg.stem_channels or 3
+        self.stem = nn.Sequential(nn.Conv2d(3, c_in, 3, padding=1), nn.GELU()) if cfg.stem_channels else nn.Identity()
+        self.patch_embed = nn.Conv2d(c_in, cfg.enc_width, kernel_size=p, stride=p)
         self.latent_tokens = nn.Parameter(torch.zeros(1, K, cfg.enc_width))
         self.encoder = Transformer(cfg.enc_width, cfg.enc_depth, cfg.enc_heads)
         self.to_moments = nn.Linear(cfg.enc_width, 2 * D)
@@ -67,9 +73,14 @@ class Tokenizer(nn.Module):
         self.from_latent = nn.Linear(D, cfg.dec_width)
         self.latent_slot = nn.Parameter(torch.zeros(1, K, cfg.dec_width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dec_width))
+
+        self.register_buffer("mask_position", sincos_2d(self.grid, self.grid, cfg.dec_width)[None], persistent=False)
         self.text_proj = nn.Linear(cfg.text_dim, cfg.dec_width) if cfg.text_dim > 0 else None
         self.decoder = Transformer(cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
-        self.to_pixels = nn.Linear(cfg.dec_width, p * p * 3)
+        c_out = cfg.head_channels or 3
+        self.to_pixels = nn.Linear(cfg.dec_width, p * p * c_out)
+        self.head = nn.Sequential(nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU(),
+                                  nn.Conv2d(c_out, 3, 3, padding=1)) if cfg.head_channels else nn.Identity()
         # Latent scale factor: multiplies latents on their way into the flow, divides them on the way out.
         # Measured on training data after the tokenizer is trained (measure_latent_scale), saved with it.
         self.register_buffer("latent_scale", torch.ones(()))
@@ -96,7 +107,7 @@ class Tokenizer(nn.Module):
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> mean, logvar, each (B, K, D), fp32."""
         cfg = self.cfg
-        x = self.patch_embed(images * 2.0 - 1.0).flatten(2).transpose(1, 2)  # (B, P, enc_width)
+        x = self.patch_embed(self.stem(images * 2.0 - 1.0)).flatten(2).transpose(1, 2)  # (B, P, enc_width)
         x = torch.cat([x, self.latent_tokens.expand(x.shape[0], -1, -1)], dim=1)  # (B, P + K, W)
         x = self.encoder(x, self.rope(cfg.enc_heads, cfg.enc_width, cfg.num_latents, x.device))
         return split_moments(self.to_moments(x[:, -cfg.num_latents:]))  # (B, K, D) each
@@ -111,20 +122,20 @@ class Tokenizer(nn.Module):
         """z (B, K, D) -> images (B, 3, H, W), roughly [0, 1] (not clamped). text: (B, L, text_dim) or None."""
         cfg, B = self.cfg, z.shape[0]
         lat = self.from_latent(z) + self.latent_slot  # (B, K, dec_width)
-        parts = [self.mask_token.expand(B, self.grid * self.grid, -1), lat]
+        parts = [(self.mask_token + self.mask_position).expand(B, -1, -1), lat]  # (B, P, W), (B, K, W)
         if self.text_proj is not None:
             assert text is not None, "this tokenizer decodes with text: pass the text encoder's embeddings"
             parts.append(self.text_proj(text))
         x = torch.cat(parts, dim=1)  # (B, P + K [+ L], dec_width)
         x = self.decoder(x, self.rope(cfg.dec_heads, cfg.dec_width, x.shape[1] - self.grid ** 2, x.device))
-        x = self.to_pixels(x[:, : self.grid ** 2])  # (B, P, p * p * 3)
-        return (self.unpatchify(x) + 1.0) / 2.0
+        x = self.to_pixels(x[:, : self.grid ** 2])  # (B, P, p * p * c_out)
+        return (self.head(self.unpatchify(x)) + 1.0) / 2.0
 
     def unpatchify(self, x):
-        """(B, P, p * p * 3) -> (B, 3, H, W)."""
+        """(B, P, p * p * C) -> (B, C, H, W)."""
         B, p, g = x.shape[0], self.cfg.patch_size, self.grid
-        x = x.view(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (B, 3, g, p, g, p)
-        return x.reshape(B, 3, g * p, g * p)
+        x = x.view(B, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
+        return x.reshape(B, -1, g * p, g * p)
 
     # ---------------------------------------------------------------- flow interface
     def to_flow(self, z):
@@ -136,15 +147,24 @@ class Tokenizer(nn.Module):
         return z / self.latent_scale
 
     # ---------------------------------------------------------------- loss
-    def forward(self, images, kl_weight=1e-6, text=None):
-        """Training loss. Returns (loss, stats dict of floats, reconstruction). All loss arithmetic in fp32."""
+    def forward(self, images, kl_weight=1e-6, text=None, perceptual=None, perceptual_weight=0.0):
+        """Training loss L2 + kl_weight * KL [+ perceptual_weight * perceptual] (see the KL comment below).
+        Returns (loss, stats dict of 0-d tensors, reconstruction). All loss arithmetic in fp32.
+        perceptual: a frozen feature network (images in [0, 1] -> features), e.g. a TorchScript VGG/LPIPS."""
         mean, logvar = self.encode(images)
         z = gaussian_sample(mean, logvar)
         recon = self.decode(z.to(mean.dtype), text)
         rec = F.mse_loss(recon.float(), images.float())
-        kl = gaussian_kl(mean, logvar).mean()
-        loss = rec + kl_weight * kl
-        return loss, {"rec": rec.detach(), "kl": kl.detach()}, recon
+        kl = gaussian_kl(mean, logvar).mean()  # per image, summed over the K x D latent elements
+        # kl_weight is relative to the L2 *summed* over an image's pixels (the SD / TA-TiTok VAE convention, where
+        # 1e-6 is the recipe); rec is a per-pixel mean, hence the division by the number of pixel values.
+        loss = rec + kl_weight * kl / images[0].numel()
+        stats = {"rec": rec.detach(), "kl": kl.detach()}
+        if perceptual is not None and perceptual_weight > 0:
+            perc = F.mse_loss(perceptual(recon.float()).float(), perceptual(images.float()).float())
+            loss = loss + perceptual_weight * perc
+            stats["perceptual"] = perc.detach()
+        return loss, stats, recon
 
 
 @torch.no_grad()

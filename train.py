@@ -39,7 +39,7 @@ from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema
 # Defaults per task: the recipes. A flag given on the command line overrides its entry here.
 
 TASK_DEFAULTS = {
-    "tokenizer": dict(preset="cpu", batch_size=32, max_steps=2500, lr=2e-3, min_lr=2e-5, lr_schedule="cosine",
+    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                       kl_weight=1e-6),
 }
@@ -70,13 +70,17 @@ def get_args(argv=None):
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm (0: off)")
     p.add_argument("--ema-decay", type=float, help="EMA of the weights (warmed up as min(decay, (1+s)/(10+s)))")
     p.add_argument("--kl-weight", type=float, help="tokenizer: weight of the KL term")
+    p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local TorchScript feature network "
+                   "(images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
+    p.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the perceptual loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/TASK.pt")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
     p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--sample-every", type=int, default=500, help="steps between preview pictures")
+    p.add_argument("--sample-every", type=int, default=500, help="steps between validation metrics and preview "
+                                                                  "pictures")
     p.add_argument("--stop-at-step", type=int, help="save and exit at this step, as a planned interruption "
                                                       "(the schedule still runs to --max-steps)")
     args = p.parse_args(argv)
@@ -168,15 +172,31 @@ class TokenizerTask:
         self.model_config = tokenizer_config(args)
         self.model = tok.Tokenizer(self.model_config)
         self.image_size = self.model_config.image_size
+        self.perceptual = None
+        if args.perceptual:
+            if not os.path.isfile(args.perceptual):
+                raise UserError(f"--perceptual: no file at {args.perceptual}; give a TorchScript feature network "
+                                f"saved with torch.jit.save")
+            try:
+                self.perceptual = torch.jit.load(args.perceptual, map_location="cpu").eval().requires_grad_(False)
+            except Exception as e:
+                raise UserError(f"--perceptual: {args.perceptual} is not a TorchScript file ({type(e).__name__})") from None
+
+    def to(self, device):
+        if self.perceptual is not None:
+            self.perceptual.to(device)
 
     def loss(self, model, batch):
-        loss, stats, _ = model(batch["image"], kl_weight=self.args.kl_weight)
+        loss, stats, _ = model(batch["image"], kl_weight=self.args.kl_weight, perceptual=self.perceptual,
+                               perceptual_weight=self.args.perceptual_weight)
         return loss, stats
 
     @torch.no_grad()
-    def preview(self, ema, images, path):
-        recon = ema.decode(ema.encode(images)[0]).clamp(0, 1)
-        save_image_grid(torch.cat([images, recon]), nrow=len(images), path=path)
+    def validate(self, ema, images, path):
+        """PSNR of EMA reconstructions of validation images; the first 8 drawn over their reconstructions."""
+        recon = torch.cat([ema.decode(ema.encode(x)[0]) for x in images.split(128)])
+        save_image_grid(torch.cat([images[:8], recon[:8].clamp(0, 1)]), nrow=8, path=path)
+        return {"val_psnr": tok.psnr(recon, images).mean().item()}
 
     @torch.no_grad()
     def finish(self, ema, train_images):
@@ -201,6 +221,7 @@ def train(args):
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     task = TASK_CLASSES[args.task](args)
     model = task.model.to(device)
+    task.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)  # the weights that get saved for sampling
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -209,16 +230,20 @@ def train(args):
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, args.beta2))
     autocast, scaler = autocast_and_scaler(device)
 
-    step, history = 0, []
+    step, history, evals, train_seconds = 0, [], [], 0.0
     if args.resume:
         if os.path.exists(ckpt_path):
             ck = load_checkpoint(ckpt_path, expect_task=args.task)
-            model.load_state_dict(ck["model"])
-            ema.load_state_dict(ck["ema"])
-            opt.load_state_dict(ck["optimizer"])
+            try:
+                model.load_state_dict(ck["model"])
+                ema.load_state_dict(ck["ema"])
+                opt.load_state_dict(ck["optimizer"])
+            except (RuntimeError, ValueError, KeyError):
+                raise UserError(f"{ckpt_path} holds a model of another shape ({ck.get('model_config')}); resume "
+                                f"with the flags it was trained with, or train afresh in another --out-dir") from None
             if scaler is not None and ck.get("scaler"):
                 scaler.load_state_dict(ck["scaler"])
-            step, history = ck["step"], ck.get("history", [])
+            step, history, evals, train_seconds = ck["step"], ck["history"], ck["evals"], ck["train_seconds"]
             if master:
                 print(f"resuming {ckpt_path} at step {step}")
         elif master:
@@ -234,7 +259,7 @@ def train(args):
         torch.distributed.barrier()
     if not master:
         images = data.image_tensor(train_set, cache_dir=cache)
-    preview_images = torch.stack([val_set[i]["image"] for i in range(min(8, len(val_set)))]).to(device)
+    val_images = torch.stack([val_set[i]["image"] for i in range(min(256, len(val_set)))]).to(device)
     if master:
         skipped = getattr(train_set, "skipped", 0)
         print(f"data: {args.data}: {len(train_set)} training images at {task.image_size}px"
@@ -255,8 +280,9 @@ def train(args):
         atomic_save({"task": args.task, "config": vars(args), "model_config": vars(task.model_config),
                      "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
-                     "step": step, "history": history, "finished": final}, ckpt_path)
-        save_loss_curve(history, os.path.join(args.out_dir, f"{args.task}_loss.png"))
+                     "step": step, "history": history, "evals": evals, "finished": final,
+                     "train_seconds": train_seconds + time.time() - t_start}, ckpt_path)
+        save_loss_curve(history, os.path.join(args.out_dir, f"{args.task}_loss.png"), evals)
 
     log_path = os.path.join(args.out_dir, f"{args.task}_log.jsonl")
     if master and step == 0 and os.path.exists(log_path):
@@ -264,7 +290,8 @@ def train(args):
     local_bs = args.batch_size // world
     from tqdm import tqdm
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, desc=args.task)
-    t_last, n_last = time.time(), 0
+    t_start = t_last = time.time()  # train_seconds: wall time spent in this loop, summed over resumes
+    n_last = 0
     model.train()
     while step < args.max_steps:
         torch.manual_seed(step_seed(args, rank, step))
@@ -306,7 +333,12 @@ def train(args):
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
         if master and (step % args.sample_every == 0 or step == args.max_steps):
-            task.preview(ema, preview_images, os.path.join(args.out_dir, f"{args.task}_preview.png"))
+            metrics = task.validate(ema, val_images, os.path.join(args.out_dir, f"{args.task}_preview.png"))
+            rec = {"step": step, **metrics, "train_seconds": train_seconds + time.time() - t_start}
+            evals.append(rec)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
         if step == args.max_steps:
             break
         if step % args.save_every == 0 or step == args.stop_at_step:

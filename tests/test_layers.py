@@ -142,3 +142,12 @@ def test_psnr():
     b[1] += 0.1
     p = tok.psnr(b, a)
     assert p[0] == 100.0 and abs(p[1].item() - 20.0) < 1e-4
+
+
+def test_paper_preset_is_vit_b_encoder_vit_l_decoder():
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        m = tok.Tokenizer(tok.PRESETS["paper"])
+    count = lambda mod: sum(p.numel() for p in mod.parameters())
+    assert m.grid == 16 and m.cfg.num_latents == 77 and m.cfg.latent_dim == 16
+    assert 80e6 < count(m.encoder) < 90e6  # ViT-B: 12 x 768, ~85M
+    assert 290e6 < count(m.decoder) < 320e6  # ViT-L: 24 x 1024, ~302M

@@ -22,7 +22,7 @@ def run(*args, check=True, launcher=(sys.executable,)):
 
 def log_losses(out_dir):
     with open(os.path.join(out_dir, "tokenizer_log.jsonl")) as f:
-        return [(rec["step"], rec["loss"]) for rec in map(json.loads, f)]
+        return [(rec["step"], rec["loss"]) for rec in map(json.loads, f) if "loss" in rec]
 
 
 def assert_one_line_error(r, *needles):
@@ -44,6 +44,7 @@ def test_training_loss_falls_and_evaluate_reads_it(tmp_path):
     ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
     assert ck["finished"] and ck["step"] == 60 and ck["config"]["lr"] == 3e-3
     assert ck["model_config"]["num_latents"] == 8 and ck["ema"]["latent_scale"] > 0
+    assert [e["step"] for e in ck["evals"]] == [60] and ck["evals"][0]["val_psnr"] > 10
     r = run("evaluate.py", "--task", "tokenizer", "--out-dir", out, "--n", "64", "--json", str(tmp_path / "r.json"))
     res = json.load(open(tmp_path / "r.json"))["tokenizer"]
     assert 10 < res["psnr"] < 60 and res["n"] == 64 and "psnr" in r.stdout
@@ -108,3 +109,16 @@ def test_bad_flags_are_usage_errors(tmp_path):
 def test_evaluate_without_checkpoint_names_the_command(tmp_path):
     r = run("evaluate.py", "--task", "tokenizer", "--out-dir", str(tmp_path), check=False)
     assert_one_line_error(r, "python train.py --task tokenizer")
+
+
+def test_perceptual_loss_from_a_local_torchscript_file(tmp_path):
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))
+    net.save(str(tmp_path / "feat.pt"))
+    out = str(tmp_path / "o")
+    run("train.py", *TINY, "--max-steps", "4", "--out-dir", out, "--perceptual", str(tmp_path / "feat.pt"))
+    with open(os.path.join(out, "tokenizer_log.jsonl")) as f:
+        recs = [r for r in map(json.loads, f) if "loss" in r]
+    assert len(recs) == 2 and all(r["perceptual"] > 0 for r in recs)
+    assert all(abs(r["loss"] - r["rec"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6 for r in recs)
+    r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "missing.pt"), check=False)
+    assert_one_line_error(r, "missing.pt")
