@@ -70,8 +70,8 @@ def get_args(argv=None):
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm (0: off)")
     p.add_argument("--ema-decay", type=float, help="EMA of the weights (warmed up as min(decay, (1+s)/(10+s)))")
     p.add_argument("--kl-weight", type=float, help="tokenizer: weight of the KL term")
-    p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local TorchScript feature network "
-                   "(images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
+    p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local feature network (torch.export .pt2 or "
+                   "TorchScript; images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
     p.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the perceptual loss")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -175,12 +175,9 @@ class TokenizerTask:
         self.perceptual = None
         if args.perceptual:
             if not os.path.isfile(args.perceptual):
-                raise UserError(f"--perceptual: no file at {args.perceptual}; give a TorchScript feature network "
-                                f"saved with torch.jit.save")
-            try:
-                self.perceptual = torch.jit.load(args.perceptual, map_location="cpu").eval().requires_grad_(False)
-            except Exception as e:
-                raise UserError(f"--perceptual: {args.perceptual} is not a TorchScript file ({type(e).__name__})") from None
+                raise UserError(f"--perceptual: no file at {args.perceptual}; give a feature network saved with "
+                                f"torch.export.save (or TorchScript's torch.jit.save)")
+            self.perceptual = load_feature_net(args.perceptual)
 
     def to(self, device):
         if self.perceptual is not None:
@@ -203,6 +200,30 @@ class TokenizerTask:
         """Measure the latent scale factor on training images and store it in the (EMA) weights."""
         ema.latent_scale.fill_(tok.measure_latent_scale(ema, train_images).item())
         return {"latent_scale": ema.latent_scale.item()}
+
+
+def load_feature_net(path):
+    """A frozen feature network from a local file: torch.export (.pt2), else TorchScript. Never downloads."""
+    import logging
+    import zipfile
+    if not zipfile.is_zipfile(path):  # both formats are zip archives
+        raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file")
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a failed torch.export.load logs a traceback; we try TorchScript quietly
+    try:
+        net = torch.export.load(path).module()
+    except Exception:
+        try:
+            net = torch.jit.load(path, map_location="cpu").eval()
+        except Exception as e:
+            raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file "
+                            f"({type(e).__name__})") from None
+    finally:
+        log.setLevel(level)
+    for p in net.parameters():
+        p.requires_grad_(False)  # frozen; gradients still flow to the images it is given
+    return net
 
 
 TASK_CLASSES = {"tokenizer": TokenizerTask}

@@ -111,14 +111,18 @@ def test_evaluate_without_checkpoint_names_the_command(tmp_path):
     assert_one_line_error(r, "python train.py --task tokenizer")
 
 
-def test_perceptual_loss_from_a_local_torchscript_file(tmp_path):
-    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()))
-    net.save(str(tmp_path / "feat.pt"))
+def test_perceptual_loss_from_a_local_exported_network(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    ep = torch.export.export(net, (torch.rand(2, 3, 16, 16),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(ep, str(tmp_path / "feat.pt2"))
     out = str(tmp_path / "o")
-    run("train.py", *TINY, "--max-steps", "4", "--out-dir", out, "--perceptual", str(tmp_path / "feat.pt"))
+    run("train.py", *TINY, "--max-steps", "4", "--out-dir", out, "--perceptual", str(tmp_path / "feat.pt2"))
     with open(os.path.join(out, "tokenizer_log.jsonl")) as f:
         recs = [r for r in map(json.loads, f) if "loss" in r]
     assert len(recs) == 2 and all(r["perceptual"] > 0 for r in recs)
     assert all(abs(r["loss"] - r["rec"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6 for r in recs)
     r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "missing.pt"), check=False)
     assert_one_line_error(r, "missing.pt")
+    (tmp_path / "junk.pt2").write_bytes(b"junk")
+    r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "junk.pt2"), check=False)
+    assert_one_line_error(r, "junk.pt2")
