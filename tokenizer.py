@@ -40,8 +40,6 @@ class TokenizerConfig:
     dec_depth: int = 3
     dec_heads: int = 4
     text_dim: int = 0  # > 0: text-aware decoding, per-token text embeddings of this width join the decoder
-    stem_channels: int = 0  # > 0: a 3x3 conv (3 -> this) before the patch embedding; 0: plain ViT patchify
-    head_channels: int = 0  # > 0: pixel head predicts this many channels per pixel, two 3x3 convs make RGB
 
 
 # cpu: measured to train to high PSNR on 2 CPU cores in minutes (README, "Design choices").
@@ -63,9 +61,7 @@ class Tokenizer(nn.Module):
         p, K, D = cfg.patch_size, cfg.num_latents, cfg.latent_dim
         self.grid = cfg.image_size // p
         # encoder
-        c_in = cfg.stem_channels or 3
-        self.stem = nn.Sequential(nn.Conv2d(3, c_in, 3, padding=1), nn.GELU()) if cfg.stem_channels else nn.Identity()
-        self.patch_embed = nn.Conv2d(c_in, cfg.enc_width, kernel_size=p, stride=p)
+        self.patch_embed = nn.Conv2d(3, cfg.enc_width, kernel_size=p, stride=p)
         self.latent_tokens = nn.Parameter(torch.zeros(1, K, cfg.enc_width))
         self.encoder = Transformer(cfg.enc_width, cfg.enc_depth, cfg.enc_heads)
         self.to_moments = nn.Linear(cfg.enc_width, 2 * D)
@@ -73,14 +69,10 @@ class Tokenizer(nn.Module):
         self.from_latent = nn.Linear(D, cfg.dec_width)
         self.latent_slot = nn.Parameter(torch.zeros(1, K, cfg.dec_width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dec_width))
-
         self.register_buffer("mask_position", sincos_2d(self.grid, self.grid, cfg.dec_width)[None], persistent=False)
         self.text_proj = nn.Linear(cfg.text_dim, cfg.dec_width) if cfg.text_dim > 0 else None
         self.decoder = Transformer(cfg.dec_width, cfg.dec_depth, cfg.dec_heads)
-        c_out = cfg.head_channels or 3
-        self.to_pixels = nn.Linear(cfg.dec_width, p * p * c_out)
-        self.head = nn.Sequential(nn.GELU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU(),
-                                  nn.Conv2d(c_out, 3, 3, padding=1)) if cfg.head_channels else nn.Identity()
+        self.to_pixels = nn.Linear(cfg.dec_width, p * p * 3)
         # Latent scale factor: multiplies latents on their way into the flow, divides them on the way out.
         # Measured on training data after the tokenizer is trained (measure_latent_scale), saved with it.
         self.register_buffer("latent_scale", torch.ones(()))
@@ -107,7 +99,7 @@ class Tokenizer(nn.Module):
     def encode(self, images):
         """images (B, 3, H, W) in [0, 1] -> mean, logvar, each (B, K, D), fp32."""
         cfg = self.cfg
-        x = self.patch_embed(self.stem(images * 2.0 - 1.0)).flatten(2).transpose(1, 2)  # (B, P, enc_width)
+        x = self.patch_embed(images * 2.0 - 1.0).flatten(2).transpose(1, 2)  # (B, P, enc_width)
         x = torch.cat([x, self.latent_tokens.expand(x.shape[0], -1, -1)], dim=1)  # (B, P + K, W)
         x = self.encoder(x, self.rope(cfg.enc_heads, cfg.enc_width, cfg.num_latents, x.device))
         return split_moments(self.to_moments(x[:, -cfg.num_latents:]))  # (B, K, D) each
@@ -128,14 +120,14 @@ class Tokenizer(nn.Module):
             parts.append(self.text_proj(text))
         x = torch.cat(parts, dim=1)  # (B, P + K [+ L], dec_width)
         x = self.decoder(x, self.rope(cfg.dec_heads, cfg.dec_width, x.shape[1] - self.grid ** 2, x.device))
-        x = self.to_pixels(x[:, : self.grid ** 2])  # (B, P, p * p * c_out)
-        return (self.head(self.unpatchify(x)) + 1.0) / 2.0
+        x = self.to_pixels(x[:, : self.grid ** 2])  # (B, P, p * p * 3)
+        return (self.unpatchify(x) + 1.0) / 2.0
 
     def unpatchify(self, x):
-        """(B, P, p * p * C) -> (B, C, H, W)."""
+        """(B, P, p * p * 3) -> (B, 3, H, W)."""
         B, p, g = x.shape[0], self.cfg.patch_size, self.grid
-        x = x.view(B, g, g, p, p, -1).permute(0, 5, 1, 3, 2, 4)  # (B, C, g, p, g, p)
-        return x.reshape(B, -1, g * p, g * p)
+        x = x.view(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (B, 3, g, p, g, p)
+        return x.reshape(B, 3, g * p, g * p)
 
     # ---------------------------------------------------------------- flow interface
     def to_flow(self, z):
