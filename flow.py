@@ -1,0 +1,202 @@
+"""
+The flow: a DiT-style velocity network over N x D tokens, the flow-matching loss with CrossFlow's CFG
+indicator, and the Euler sampler.
+
+Time convention (FLOWTOK.md; stated here once, used everywhere): t = 0 is the source, t = 1 the target.
+For text-to-image the source x0 is the text tokens Z_T and the target x1 the image tokens Z_I; image-to-text
+swaps them. With SIGMA_MIN = 1e-5:
+    x_t = (1 - (1 - SIGMA_MIN) t) x0 + t x1          (a straight line from x0 to ~x1)
+    v   = x1 - (1 - SIGMA_MIN) x0                    (its constant velocity: the regression target)
+t is drawn logit-normal, t = sigmoid(n), n ~ N(0, 1): most training signal in the middle of the path.
+
+Classifier-free guidance without a null prompt (the CFG indicator): in training each sample is flagged with
+probability CFG_FLAG_PROB, and the flagged samples' targets are shuffled among themselves, so a flagged
+source flows to *some other* sample's target; the flag goes in through a 2-entry embedding. At sampling both
+branches run on the same x_t in one batched forward and v = v_flagged + s * (v_unflagged - v_flagged).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from layers import Attention, SwiGLU, rope_1d
+
+SIGMA_MIN = 1e-5
+CFG_FLAG_PROB = 0.1
+
+
+@dataclass
+class FlowConfig:
+    num_tokens: int = 16  # N
+    token_dim: int = 16  # D
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+
+
+# B, XL, H: the paper's table (FLOWTOK.md). tiny: tests. cpu: the CPU default.
+PRESETS = {
+    "tiny": FlowConfig(width=32, depth=2, heads=2),
+    "cpu": FlowConfig(),
+    "S": FlowConfig(width=384, depth=12, heads=6),
+    "B": FlowConfig(num_tokens=77, width=768, depth=12, heads=12),
+    "XL": FlowConfig(num_tokens=77, width=1152, depth=28, heads=16),
+    "H": FlowConfig(num_tokens=77, width=1280, depth=36, heads=20),
+}
+
+
+# -----------------------------------------------------------------------------
+# Embeddings
+
+def timestep_embedding(t, dim, max_period=10000.0):
+    """Sinusoidal embedding of t in [0, 1] (scaled by 1000, as DiT scales its integer timesteps): (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def modulate(x, shift, scale):
+    """adaLN: x (B, N, W) with per-sample shift, scale (B, W)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# -----------------------------------------------------------------------------
+# The network
+
+class DiTBlock(nn.Module):
+    """Self-attention + SwiGLU, each wrapped in adaLN-Zero: shift/scale before, a gate after, all from the
+    condition vector; the gates start at zero so every block starts as the identity."""
+
+    def __init__(self, width, heads):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = SwiGLU(width)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x, c):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # 6 x (B, W)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class VelocityNet(nn.Module):
+    """v(x_t, t, flag): (B, N, D), (B,), (B,) long -> (B, N, D)."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        W = cfg.width
+        self.x_in = nn.Linear(cfg.token_dim, W)
+        ang = rope_1d(cfg.num_tokens, W)  # fixed 1D sin-cos position code over the N tokens
+        self.register_buffer("pos", torch.cat([ang.sin(), ang.cos()], -1)[None], persistent=False)  # (1, N, W)
+        self.t_embed = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
+        self.flag_embed = nn.Embedding(2, W)  # the CFG indicator
+        self.blocks = nn.ModuleList([DiTBlock(W, cfg.heads) for _ in range(cfg.depth)])
+        self.norm_out = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(W, 2 * W))
+        self.x_out = nn.Linear(W, cfg.token_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        """DiT's recipe: Xavier Linears, N(0, 0.02) embeddings, and zeros for every adaLN modulation and the
+        output layer, so the untrained network predicts v = 0 and each block is the identity."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.t_embed[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed[2].weight, std=0.02)
+        nn.init.normal_(self.flag_embed.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        for layer in (self.ada_out[-1], self.x_out):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x, t, flag):
+        c = self.t_embed(timestep_embedding(t, self.cfg.width)) + self.flag_embed(flag)  # (B, W)
+        h = self.x_in(x) + self.pos  # (B, N, W)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.ada_out(c).chunk(2, dim=-1)
+        return self.x_out(modulate(self.norm_out(h), shift, scale))  # (B, N, D)
+
+
+# -----------------------------------------------------------------------------
+# Training: the path, the CFG indicator, the loss
+
+def sample_t(batch, device=None, generator=None):
+    """Logit-normal t in (0, 1): sigmoid of a standard normal. (B,)"""
+    return torch.sigmoid(torch.randn(batch, device=device, generator=generator))
+
+
+def interpolate(x0, x1, t):
+    """The straight path at t: x_t and its velocity (the regression target), both (B, N, D)."""
+    tt = t.view(-1, *([1] * (x0.dim() - 1)))
+    x_t = (1 - (1 - SIGMA_MIN) * tt) * x0 + tt * x1
+    return x_t, x1 - (1 - SIGMA_MIN) * x0
+
+
+def cfg_indicator(x1, prob=CFG_FLAG_PROB, generator=None):
+    """Flag each sample with probability `prob`; shuffle the flagged samples' targets among themselves.
+    Returns (targets, flag (B,) long). Unflagged targets are untouched."""
+    flag = torch.rand(x1.shape[0], device=x1.device, generator=generator) < prob
+    idx = flag.nonzero().squeeze(1)
+    perm = idx[torch.randperm(len(idx), device=x1.device, generator=generator)]
+    out = x1.clone()
+    out[idx] = x1[perm]
+    return out, flag.long()
+
+
+def flow_loss(model, x0, x1, flag_prob=CFG_FLAG_PROB, t=None):
+    """Flow-matching loss: MSE between the predicted and the path velocity, in fp32.
+    Returns (loss, per-sample squared error (B,), t (B,)) -- the last two for loss-per-t-bin logging."""
+    x1, flag = cfg_indicator(x1, flag_prob)
+    t = sample_t(x0.shape[0], x0.device) if t is None else t
+    x_t, v = interpolate(x0, x1, t)
+    err = (model(x_t, t, flag).float() - v.float()).pow(2).flatten(1).mean(1)  # (B,)
+    return err.mean(), err.detach(), t
+
+
+# -----------------------------------------------------------------------------
+# Sampling
+
+def guided_velocity(model, x, t, scale):
+    """v_flagged + scale * (v_unflagged - v_flagged), both branches in one batched forward."""
+    B = x.shape[0]
+    flags = torch.cat([torch.zeros(B, dtype=torch.long, device=x.device), torch.ones(B, dtype=torch.long,
+                                                                                     device=x.device)])
+    v = model(torch.cat([x, x]), torch.cat([t, t]), flags).float()
+    v_unflagged, v_flagged = v[:B], v[B:]
+    return v_flagged + scale * (v_unflagged - v_flagged)
+
+
+@torch.no_grad()
+def euler_sample(model, x0, steps=20, cfg_scale=2.0, return_trajectory=False):
+    """Integrate dx/dt = v from t = 0 (x0, the source) to t = 1 with `steps` Euler steps.
+    bf16 autocast on CUDA, fp32 elsewhere; the state x stays fp32. Returns x1 (B, N, D) or, with
+    return_trajectory, a (steps + 1, B, N, D) tensor of every intermediate state."""
+    if steps <= 0:
+        raise ValueError(f"steps must be positive, got {steps}")
+    cuda = x0.device.type == "cuda"
+    x = x0.float().clone()
+    traj = torch.empty((steps + 1, *x.shape), device=x.device) if return_trajectory else None
+    if traj is not None:
+        traj[0] = x
+    t = torch.zeros(x.shape[0], device=x.device)
+    dt = 1.0 / steps
+    for i in range(steps):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            v = guided_velocity(model, x, t, cfg_scale)
+        x.add_(v.float(), alpha=dt)
+        t.add_(dt)
+        if traj is not None:
+            traj[i + 1] = x
+    return traj if return_trajectory else x
