@@ -1,0 +1,102 @@
+"""
+The Shapes judge: a small CNN that reads shape, color, size and position off a Shapes image. It scores what
+the models draw (text-to-image accuracy, tokenizer reconstructions), and its penultimate features give a
+Frechet distance between sets of images. Trained on rendered training images, cached in the out-dir.
+"""
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+
+ATTRS = tuple(data.ATTRIBUTES)  # ("shape", "color", "size", "position")
+FEATURES = 256
+
+
+class Judge(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.Sequential(  # (B, 3, 32, 32) -> (B, 64, 8, 8); position survives: no global pooling
+            nn.Conv2d(3, 24, 3, padding=1), nn.GELU(),
+            nn.Conv2d(24, 48, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(48, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.GELU())
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(64 * 8 * 8, FEATURES), nn.GELU())
+        self.heads = nn.ModuleDict({k: nn.Linear(FEATURES, len(v)) for k, v in data.ATTRIBUTES.items()})
+
+    def forward(self, images):
+        """images (B, 3, H, W) in [0, 1] -> (features (B, FEATURES), {attribute: logits})."""
+        x = F.interpolate(images, size=(32, 32), mode="bilinear", antialias=True) if images.shape[-1] != 32 else images
+        f = self.fc(self.convs(x * 2.0 - 1.0))
+        return f, {k: head(f) for k, head in self.heads.items()}
+
+
+def targets(attrs):
+    """list of attribute dicts -> (B, 4) long tensor of class indices in ATTRS order."""
+    return torch.tensor([[data.ATTRIBUTES[k].index(a[k]) for k in ATTRS] for a in attrs])
+
+
+def train_judge(images, labels, steps=1200, batch_size=64, lr=3e-3, seed=0):
+    """images (M, 3, H, W) uint8, labels (M, 4) -> a trained Judge in eval mode."""
+    torch.manual_seed(seed)
+    judge = Judge()
+    opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(images), (batch_size,))
+        _, logits = judge(images[idx].float() / 255.0)
+        loss = sum(F.cross_entropy(logits[k], labels[idx, i]) for i, k in enumerate(ATTRS))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return judge.eval().requires_grad_(False)
+
+
+def load_or_train(out_dir, image_size, num_train=20_000):
+    """The judge cached at OUT_DIR/judge-SIZE.pt, trained on rendered Shapes training images if missing."""
+    path = os.path.join(out_dir, f"judge-{image_size}.pt")
+    judge = Judge()
+    if os.path.exists(path):
+        judge.load_state_dict(torch.load(path))
+        return judge.eval().requires_grad_(False)
+    print(f"training the Shapes judge on {num_train} rendered images (once; cached at {path})")
+    ds = data.ShapesDataset("train", size=image_size, n=num_train)
+    images = data.image_tensor(ds, cache_dir=os.path.join(out_dir, "cache"), desc="judge set")
+    labels = targets([data.sample_params("train", i)[0] for i in range(num_train)])
+    judge = train_judge(images, labels)
+    os.makedirs(out_dir, exist_ok=True)
+    torch.save(judge.state_dict(), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return judge
+
+
+@torch.no_grad()
+def predict(judge, images, batch_size=500):
+    """images (B, 3, H, W) in [0, 1] -> features (B, FEATURES), predicted class indices (B, 4)."""
+    feats, preds = [], []
+    for x in images.split(batch_size):
+        f, logits = judge(x.float())
+        feats.append(f)
+        preds.append(torch.stack([logits[k].argmax(-1) for k in ATTRS], dim=1))
+    return torch.cat(feats), torch.cat(preds)
+
+
+def accuracy(pred, truth):
+    """Per-attribute accuracy and all-attributes-right accuracy."""
+    right = pred == truth
+    out = {f"acc_{k}": right[:, i].float().mean().item() for i, k in enumerate(ATTRS)}
+    out["acc_all"] = right.all(1).float().mean().item()
+    return out
+
+
+def frechet_distance(f1, f2):
+    """Frechet distance between Gaussians fitted to two feature sets (N, F): |mu1 - mu2|^2 +
+    tr(S1 + S2 - 2 (S1 S2)^(1/2)); tr((S1 S2)^(1/2)) is the sum of square roots of S1 S2's eigenvalues."""
+    f1, f2 = f1.double(), f2.double()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = torch.cov(f1.T), torch.cov(f2.T)
+    eig = torch.linalg.eigvals(s1 @ s2).real.clamp_min(0)
+    return ((mu1 - mu2).pow(2).sum() + s1.trace() + s2.trace() - 2 * eig.sqrt().sum()).item()

@@ -1,0 +1,37 @@
+"""judge.py: labels, accuracy, the Frechet distance, and that a briefly trained judge reads attributes."""
+import torch
+
+import data
+import judge as J
+
+
+def test_targets_and_accuracy():
+    attrs = [{"shape": "circle", "color": "red", "size": "small", "position": "top left"},
+             {"shape": "triangle", "color": "orange", "size": "large", "position": "bottom right"}]
+    t = J.targets(attrs)
+    assert t.tolist() == [[0, 0, 0, 0], [2, 5, 1, 8]]
+    pred = t.clone()
+    pred[1, 1] = 0  # second sample: wrong color
+    acc = J.accuracy(pred, t)
+    assert acc["acc_shape"] == 1.0 and acc["acc_color"] == 0.5 and acc["acc_all"] == 0.5
+
+
+def test_frechet_distance_of_gaussians():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(20000, 4, generator=g), torch.randn(20000, 4, generator=g)
+    assert abs(J.frechet_distance(a, b)) < 0.01  # same distribution
+    assert abs(J.frechet_distance(a, b + 2.0) - 16.0) < 0.1  # mean shift: |2 * ones(4)|^2
+    assert abs(J.frechet_distance(a, 3.0 * b) - 4 * (1 + 9 - 2 * 3)) < 0.3  # tr(S1 + S2 - 2 sqrt(S1 S2))
+
+
+def test_a_briefly_trained_judge_reads_position_and_size():
+    ds = data.ShapesDataset("train", size=32, n=3000)
+    images = data.image_tensor(ds)
+    labels = J.targets([ds.sample(i)[2] for i in range(len(ds))])
+    judge = J.train_judge(images, labels, steps=150, batch_size=64)
+    test = data.ShapesDataset("test", size=32, n=300)
+    x = torch.stack([test[i]["image"] for i in range(300)])
+    feats, pred = J.predict(judge, x)
+    acc = J.accuracy(pred, J.targets([test[i]["attrs"] for i in range(300)]))
+    assert feats.shape == (300, J.FEATURES)
+    assert acc["acc_position"] > 0.8 and acc["acc_size"] > 0.8, acc  # chance: 0.11 and 0.5
