@@ -22,6 +22,7 @@ and the step needs saving for that.
 """
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -142,12 +143,15 @@ def step_seed(args, rank, step):
     return (args.seed * 1_000_003 + rank * 7919 + step) % (2 ** 63)
 
 
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(n, seed, epoch):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
+
+
 def global_batch_indices(n, batch_size, step, seed):
     """Indices of the global batch at `step`: consecutive slices of a per-epoch random permutation."""
-    per_epoch = max(1, n // batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_777 + epoch))
-    return perm[k * batch_size: (k + 1) * batch_size]
+    epoch, k = divmod(step, max(1, n // batch_size))
+    return epoch_permutation(n, seed, epoch)[k * batch_size: (k + 1) * batch_size]
 
 
 # -----------------------------------------------------------------------------
@@ -316,8 +320,9 @@ def train(args):
     model.train()
     while step < args.max_steps:
         torch.manual_seed(step_seed(args, rank, step))
-        idx = global_batch_indices(len(images), args.batch_size, step, args.seed)[rank * local_bs:(rank + 1) * local_bs]
-        batch = {"image": torch.as_tensor(images[idx.sort().values.numpy()]).to(device).float().div_(255.0)}
+        idx = global_batch_indices(len(images), args.batch_size, step, args.seed)
+        idx = idx[rank * local_bs:(rank + 1) * local_bs].sort().values  # this rank's share; sorted reads
+        batch = {"image": torch.as_tensor(images[idx.numpy()]).to(device).float().div_(255.0)}
         lr = learning_rate(args, step)
         for g in opt.param_groups:
             g["lr"] = lr
