@@ -1,5 +1,5 @@
 """
-What train.py, sample.py and evaluate.py all need and no model owns: one-line user errors, atomic
+What train.py and evaluate.py (and the models' caches) need and no model owns: one-line user errors, atomic
 checkpoints that fail clearly, the EMA update, and the two kinds of picture (image grid, loss curve).
 """
 import argparse

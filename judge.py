@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from common import atomic_save
 
 ATTRS = tuple(data.ATTRIBUTES)  # ("shape", "color", "size", "position")
 FEATURES = 256
@@ -68,8 +69,7 @@ def load_or_train(out_dir, image_size, num_train=20_000):
     labels = targets([data.sample_params("train", i)[0] for i in range(num_train)])
     judge = train_judge(images, labels)
     os.makedirs(out_dir, exist_ok=True)
-    torch.save(judge.state_dict(), path + ".tmp")
-    os.replace(path + ".tmp", path)
+    atomic_save(judge.state_dict(), path)
     return judge
 
 

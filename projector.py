@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import UserError
+from common import UserError, atomic_save
 from layers import Transformer, init_weights, rope_1d, split_moments, gaussian_sample
 
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"  # the embedded default
@@ -85,8 +85,7 @@ def embed_captions(encoder, captions, cache_dir=None, batch_size=256):
     out = torch.cat([encoder(captions[i: i + batch_size]).half().cpu() for i in range(0, len(captions), batch_size)])
     if path is not None:
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save(out, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        atomic_save(out, path)
     return out
 
 
