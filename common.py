@@ -116,7 +116,7 @@ def save_loss_curve(history, path, evals=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [k for k in history[-1] if k == "loss" or k.startswith("loss_") or k in ("rec", "kl", "perceptual", "flow", "align", "ce")]
+    keys = [k for k in history[-1] if k == "loss" or k.startswith("loss_") or k in ("rec", "kl", "edge", "perceptual", "flow", "align", "ce")]
     metrics = [k for k in (evals[-1] if evals else {}) if k not in ("step", "train_seconds")]
     panels = [(k, history, "log") for k in keys] + [(k, evals, "linear") for k in metrics]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3), squeeze=False)

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layers import Attention, SwiGLU, rope_1d
+from layers import Attention, SwiGLU, rope_1d, gaussian_sample, gaussian_kl
+from projector import TextProjector, AlignHead, info_nce
 
 SIGMA_MIN = 1e-5
 CFG_FLAG_PROB = 0.1
@@ -31,7 +32,7 @@ CFG_FLAG_PROB = 0.1
 class FlowConfig:
     num_tokens: int = 16  # N
     token_dim: int = 16  # D
-    width: int = 256
+    width: int = 192
     depth: int = 6
     heads: int = 4
 
@@ -39,7 +40,7 @@ class FlowConfig:
 # B, XL, H: the paper's table (FLOWTOK.md). tiny: tests. cpu: the CPU default.
 PRESETS = {
     "tiny": FlowConfig(width=32, depth=2, heads=2),
-    "cpu": FlowConfig(),
+    "cpu": FlowConfig(width=192, depth=6, heads=4),
     "S": FlowConfig(width=384, depth=12, heads=6),
     "B": FlowConfig(num_tokens=77, width=768, depth=12, heads=12),
     "XL": FlowConfig(num_tokens=77, width=1152, depth=28, heads=16),
@@ -200,3 +201,65 @@ def euler_sample(model, x0, steps=20, cfg_scale=2.0, return_trajectory=False):
         if traj is not None:
             traj[i + 1] = x
     return traj if return_trajectory else x
+
+
+# -----------------------------------------------------------------------------
+# The text-to-image model: the trained parts of FlowTok's T2I direction in one module, so that the training loop,
+# the EMA and the checkpoint see one set of weights. The frozen text encoder and image tokenizer live outside:
+# the model takes the text encoder's embeddings (B, N, C) and the tokenizer's flow-space latents (B, N, D).
+
+class TextToImage(nn.Module):
+    def __init__(self, pcfg, fcfg: FlowConfig):
+        super().__init__()
+        assert (pcfg.num_tokens, pcfg.token_dim) == (fcfg.num_tokens, fcfg.token_dim), "text and image tokens differ"
+        self.projector = TextProjector(pcfg)
+        self.align = AlignHead(pcfg)
+        self.flow = VelocityNet(fcfg)
+
+    def forward(self, text, z_image, kl_weight, align_weight, flag_prob=CFG_FLAG_PROB, gather=False):
+        """Training loss L_flow + kl_weight * L_kl + align_weight * L_align (FLOWTOK.md).
+        text (B, N, C) from the frozen encoder; z_image (B, N, D) in flow space.
+        Returns (loss, stats of 0-d tensors, per-sample flow error (B,), t (B,))."""
+        mean, logvar = self.projector(text)  # (B, N, D) each
+        z_text = gaussian_sample(mean, logvar)  # the source: sampled in training (and, by default, at sampling)
+        l_flow, err, t = flow_loss(self.flow, z_text, z_image, flag_prob)
+        l_kl = gaussian_kl(mean, logvar).mean()  # per caption, summed over N x D
+        l_align = info_nce(z_text, self.align(text), self.align.logit_scale, gather=gather)
+        loss = l_flow + kl_weight * l_kl + align_weight * l_align
+        stats = {"flow": l_flow.detach(), "kl": l_kl.detach(), "align": l_align.detach(),
+                 "temperature": self.align.logit_scale.detach().exp().reciprocal()}
+        return loss, stats, err, t
+
+    @torch.no_grad()
+    def generate(self, text, steps=20, cfg_scale=2.0, use_mean=False, noise=None, generator=None,
+                 return_trajectory=False):
+        """text (B, N, C) -> image latents in flow space (B, N, D) (or the trajectory, see euler_sample).
+        The source is Z_T = mean + exp(logvar / 2) * noise, noise (B, N, D) drawn from `generator` unless
+        given; use_mean=True starts from the mean (one image per prompt)."""
+        mean, logvar = self.projector(text.float())
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        z_text = mean if use_mean else mean + torch.exp(0.5 * logvar) * noise
+        return euler_sample(self.flow, z_text, steps, cfg_scale, return_trajectory)
+
+
+def load_text_to_image(out_dir, device="cpu"):
+    """A trained text-to-image run in `out_dir`: (model, tokenizer, text encoder), EMA weights, eval mode, frozen.
+    Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
+    import os
+    import tokenizer as tok
+    from common import UserError, load_checkpoint
+    from projector import ProjectorConfig, TextEncoder
+    ck = load_checkpoint(os.path.join(out_dir, "t2i.pt"), expect_task="t2i",
+                         make_it=f"python train.py --task t2i --out-dir {out_dir}")
+    tck = load_checkpoint(os.path.join(out_dir, "tokenizer.pt"), expect_task="tokenizer",
+                          make_it=f"python train.py --task t2i --out-dir {out_dir}")
+    mc = ck["model_config"]
+    if tok.fingerprint(tck) != mc["tokenizer"]:
+        raise UserError(f"{out_dir}/tokenizer.pt is not the tokenizer {out_dir}/t2i.pt was trained on "
+                        f"({tok.fingerprint(tck)} vs {mc['tokenizer']}); retrain with "
+                        f"python train.py --task t2i --out-dir {out_dir}")
+    model = TextToImage(ProjectorConfig(**mc["projector"]), FlowConfig(**mc["flow"]))
+    model.load_state_dict(ck["ema"])
+    encoder = TextEncoder(mc["text_encoder"], num_tokens=mc["flow"]["num_tokens"])
+    return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device), encoder.to(device))

@@ -1,7 +1,12 @@
 """
 The Shapes judge: a small CNN that reads shape, color, size and position off a Shapes image. It scores what
 the models draw (text-to-image accuracy, tokenizer reconstructions), and its penultimate features give a
-Frechet distance between sets of images. Trained on rendered training images, cached in the out-dir.
+Frechet distance between sets of images. Trained on the Shapes "judge" split (every composition, held-out
+pairs included; disjoint from train/val/test) and cached in the out-dir.
+
+It must read what a *model* draws, and models draw slightly soft edges and a little noise; a judge that has only
+ever seen crisp renders calls a blurred square a circle. So training images are randomly blurred and noised
+(augment), within what the eye still reads without doubt.
 """
 import os
 
@@ -39,15 +44,39 @@ def targets(attrs):
     return torch.tensor([[data.ATTRIBUTES[k].index(a[k]) for k in ATTRS] for a in attrs])
 
 
-def train_judge(images, labels, steps=1200, batch_size=64, lr=3e-3, seed=0):
+BLUR_MAX = 1.0  # Gaussian blur sigma, pixels at 32 px, drawn uniformly in [0, BLUR_MAX] for half the images
+NOISE_MAX = 0.04  # std of added Gaussian pixel noise, drawn uniformly in [0, NOISE_MAX]
+
+
+def augment(x, generator=None):
+    """x (B, 3, H, W) in [0, 1] -> per-sample random blur (half the batch) and pixel noise."""
+    B, C, H, W = x.shape
+    sigma = torch.rand(B, generator=generator) * BLUR_MAX * (H / 32) * (torch.rand(B, generator=generator) < 0.5)
+    r = max(1, int(3 * BLUR_MAX * H / 32 + 0.5))
+    d = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (d[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)  # (B, 2r + 1); sigma ~ 0: a delta
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # one kernel per (sample, channel)
+    y = F.pad(x.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
+    y = F.conv2d(y, k[:, None, None, :], groups=B * C)  # separable: along W, then along H
+    y = F.conv2d(y, k[:, None, :, None], groups=B * C).reshape(B, C, H, W)
+    noise = torch.randn(x.shape, generator=generator) * torch.rand(B, 1, 1, 1, generator=generator) * NOISE_MAX
+    return (y + noise).clamp(0, 1)
+
+
+NUM_TRAIN, STEPS = 20_000, 3000  # the judge's training budget (evaluate.py --judge-images, --judge-steps)
+
+
+@torch.enable_grad()  # callers may sit under no_grad (evaluate.py)
+def train_judge(images, labels, steps=STEPS, batch_size=64, lr=3e-3, seed=0):
     """images (M, 3, H, W) uint8, labels (M, 4) -> a trained Judge in eval mode."""
     torch.manual_seed(seed)
     judge = Judge()
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for _ in range(steps):
+    from tqdm import tqdm
+    for _ in tqdm(range(steps), desc="training the judge", leave=False, mininterval=2):
         idx = torch.randint(0, len(images), (batch_size,))
-        _, logits = judge(images[idx].float() / 255.0)
+        _, logits = judge(augment(images[idx].float() / 255.0))
         loss = sum(F.cross_entropy(logits[k], labels[idx, i]) for i, k in enumerate(ATTRS))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -56,18 +85,25 @@ def train_judge(images, labels, steps=1200, batch_size=64, lr=3e-3, seed=0):
     return judge.eval().requires_grad_(False)
 
 
-def load_or_train(out_dir, image_size, num_train=20_000):
-    """The judge cached at OUT_DIR/judge-SIZE.pt, trained on rendered Shapes training images if missing."""
-    path = os.path.join(out_dir, f"judge-{image_size}.pt")
+def judge_name(image_size):
+    """The cached judge's file name: its resolution and the version of the Shapes pictures it reads."""
+    return f"judge-{image_size}-{data.SHAPES_VERSION}.pt"
+
+
+def load_or_train(out_dir, image_size, num_train=NUM_TRAIN, steps=STEPS):
+    """The judge cached in OUT_DIR, trained on rendered Shapes "judge"-split images if missing."""
+    name = judge_name(image_size) if (num_train, steps) == (NUM_TRAIN, STEPS) else \
+        f"judge-{image_size}-{data.SHAPES_VERSION}-{num_train}x{steps}.pt"  # a cheaper judge never stands in
+    path = os.path.join(out_dir, name)
     judge = Judge()
     if os.path.exists(path):
         judge.load_state_dict(torch.load(path))
         return judge.eval().requires_grad_(False)
     print(f"training the Shapes judge on {num_train} rendered images (once; cached at {path})")
-    ds = data.ShapesDataset("train", size=image_size, n=num_train)
+    ds = data.ShapesDataset("judge", size=image_size, n=num_train)
     images = data.image_tensor(ds, cache_dir=os.path.join(out_dir, "cache"), desc="judge set")
-    labels = targets([data.sample_params("train", i)[0] for i in range(num_train)])
-    judge = train_judge(images, labels)
+    labels = targets([data.sample_params("judge", i)[0] for i in range(num_train)])
+    judge = train_judge(images, labels, steps)
     os.makedirs(out_dir, exist_ok=True)
     atomic_save(judge.state_dict(), path)
     return judge

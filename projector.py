@@ -48,9 +48,11 @@ def resolve_encoder_path(name):
 class TextEncoder(nn.Module):
     """Captions -> per-token embeddings (B, N, C), padded / truncated to N tokens. Frozen, eval mode."""
 
-    def __init__(self, name=DEFAULT_TEXT_ENCODER, num_tokens=16):
+    def __init__(self, name=DEFAULT_TEXT_ENCODER, num_tokens=77):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPTextModel
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every start is noise
         path = resolve_encoder_path(name)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
@@ -82,7 +84,9 @@ def embed_captions(encoder, captions, cache_dir=None, batch_size=256):
     path = None if cache_dir is None else os.path.join(cache_dir, f"text-{key}.pt")
     if path is not None and os.path.exists(path):
         return torch.load(path)
-    out = torch.cat([encoder(captions[i: i + batch_size]).half().cpu() for i in range(0, len(captions), batch_size)])
+    from tqdm import tqdm
+    out = torch.cat([encoder(captions[i: i + batch_size]).half().cpu() for i in
+                     tqdm(range(0, len(captions), batch_size), desc="embedding captions", leave=False, mininterval=2)])
     if path is not None:
         os.makedirs(cache_dir, exist_ok=True)
         atomic_save(out, path)
@@ -101,6 +105,17 @@ class ProjectorConfig:
     depth: int = 2
     heads: int = 4
     align_hidden: int = 512  # alignment MLP C -> 512 -> 512 -> D (paper)
+
+
+# Keyed like flow.PRESETS (train.py --preset picks both). B/XL/H: the paper's projector, 6 blocks of width 768.
+PRESETS = {
+    "tiny": ProjectorConfig(width=32, depth=1, heads=2, align_hidden=64),
+    "cpu": ProjectorConfig(width=128, depth=2, heads=4),
+    "S": ProjectorConfig(width=384, depth=2, heads=6),
+    "B": ProjectorConfig(num_tokens=77, width=768, depth=6, heads=8),
+    "XL": ProjectorConfig(num_tokens=77, width=768, depth=6, heads=8),
+    "H": ProjectorConfig(num_tokens=77, width=768, depth=6, heads=8),
+}
 
 
 class TextProjector(nn.Module):

@@ -2,6 +2,8 @@
 Train a flowtok model. One file, one loop; each --task only says what its model and loss are.
 
     --task tokenizer   the 1D image tokenizer (tokenizer.py)                     -> out/tokenizer.pt
+    --task t2i         text-to-image: projector + flow (projector.py, flow.py)   -> out/t2i.pt
+                       on the frozen tokenizer in the same --out-dir (trained first if it is missing)
 
 Launch:
     1 CPU or 1 GPU (auto-detected: cuda, then mps, then cpu):
@@ -32,17 +34,24 @@ from contextlib import nullcontext
 import torch
 
 import data
+import flow
+import judge
+import projector as pj
 import tokenizer as tok
 from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve, save_image_grid,
                     fail)
+from layers import gaussian_sample
 
 # -----------------------------------------------------------------------------
 # Defaults per task: the recipes. A flag given on the command line overrides its entry here.
 
 TASK_DEFAULTS = {
-    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=5000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                      kl_weight=1e-6),
+                      kl_weight=1e-6, edge_weight=1.0),
+    "t2i": dict(preset="cpu", batch_size=128, max_steps=2600, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                kl_weight=1e-4, align_weight=1.0),
 }
 TASKS = tuple(TASK_DEFAULTS)
 
@@ -56,7 +65,8 @@ def get_args(argv=None):
     p.add_argument("--data", default="shapes",
                    help="'shapes' (embedded, rendered on the fly), a COCO captions_*.json or COCO root, or a folder "
                         "of images with .txt captions or a captions.jsonl")
-    p.add_argument("--preset", help="model size preset (tokenizer: tiny, cpu, paper)")
+    p.add_argument("--preset", help=f"model size preset (tokenizer: {', '.join(tok.PRESETS)}; "
+                                    f"t2i: {', '.join(flow.PRESETS)})")
     p.add_argument("--image-size", type=int, help="override the preset's image resolution")
     p.add_argument("--num-tokens", type=int, help="override N, the number of latent tokens (= text length)")
     p.add_argument("--num-train", type=int, help="use only the first N training samples")
@@ -70,7 +80,16 @@ def get_args(argv=None):
     p.add_argument("--beta2", type=float, help="AdamW beta2 (beta1 is 0.9)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm (0: off)")
     p.add_argument("--ema-decay", type=float, help="EMA of the weights (warmed up as min(decay, (1+s)/(10+s)))")
-    p.add_argument("--kl-weight", type=float, help="tokenizer: weight of the KL term")
+    p.add_argument("--kl-weight", type=float, help="weight of the KL term (t2i: gamma1, on the text projector)")
+    p.add_argument("--align-weight", type=float, help="t2i: weight of the text alignment loss (gamma2)")
+    p.add_argument("--text-encoder", default=pj.DEFAULT_TEXT_ENCODER,
+                   help="t2i: frozen text encoder: the embedded all-minilm-l6-v2, or a local folder / local Hugging "
+                        "Face cache name of a CLIP text model (e.g. openai/clip-vit-large-patch14)")
+    p.add_argument("--cfg-prob", type=float, default=flow.CFG_FLAG_PROB,
+                   help="t2i: probability of the CFG indicator flag (flagged targets are shuffled)")
+    p.add_argument("--gather-negatives", action="store_true",
+                   help="t2i under torchrun: alignment-loss negatives from every process's batch")
+    p.add_argument("--edge-weight", type=float, help="tokenizer: weight of the L2 between image gradients (edges)")
     p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local feature network (torch.export .pt2 or "
                    "TorchScript; images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
     p.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the perceptual loss")
@@ -88,8 +107,11 @@ def get_args(argv=None):
     for k, v in TASK_DEFAULTS[args.task].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    if args.task == "tokenizer" and args.preset not in tok.PRESETS:
-        p.error(f"--preset {args.preset!r} is not a tokenizer preset; choose one of {', '.join(tok.PRESETS)}")
+    presets = {"tokenizer": tok.PRESETS, "t2i": flow.PRESETS}[args.task]
+    if args.preset not in presets:
+        p.error(f"--preset {args.preset!r} is not a {args.task} preset; choose one of {', '.join(presets)}")
+    if not 0 <= args.cfg_prob < 1:
+        p.error(f"--cfg-prob must be in [0, 1), got {args.cfg_prob}")
     for name in ("batch_size", "max_steps", "log_every", "save_every", "sample_every"):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -168,14 +190,25 @@ def tokenizer_config(args):
     return cfg
 
 
+def load_judge_if_there(out_dir, val_set, n_val, device):
+    """With a Shapes judge already in the out-dir (evaluate.py makes it; it is never trained here), validation
+    also reports what the judge reads off the pictures. Returns (judge or None, labels of the first n_val)."""
+    path = os.path.join(out_dir, judge.judge_name(val_set.size))
+    if not (isinstance(val_set, data.ShapesDataset) and os.path.exists(path)):
+        return None, None
+    labels = judge.targets([data.sample_params("val", i, val_set.seed)[0] for i in range(n_val)])
+    return judge.load_or_train(out_dir, val_set.size).to(device), labels
+
+
 class TokenizerTask:
     """Reconstruction: L2 + kl_weight * KL. Previews: real images over their EMA reconstructions."""
 
     def __init__(self, args):
         self.args = args
-        self.model_config = tokenizer_config(args)
-        self.model = tok.Tokenizer(self.model_config)
-        self.image_size = self.model_config.image_size
+        cfg = tokenizer_config(args)
+        self.model = tok.Tokenizer(cfg)
+        self.model_config = vars(cfg)
+        self.image_size = cfg.image_size
         self.perceptual = None
         if args.perceptual:
             if not os.path.isfile(args.perceptual):
@@ -184,25 +217,45 @@ class TokenizerTask:
             self.perceptual = load_feature_net(args.perceptual)
 
     def to(self, device):
+        self.device = device
         if self.perceptual is not None:
             self.perceptual.to(device)
 
+    def prepare(self, train_set, val_set, cache, master_first):
+        """Load the data; returns the number of training samples."""
+        self.images = master_first(lambda: data.image_tensor(train_set, cache_dir=cache, desc="train set"))
+        self.val_images = torch.stack([val_set[i]["image"] for i in range(min(256, len(val_set)))]).to(self.device)
+        self.judge, self.val_truth = load_judge_if_there(self.args.out_dir, val_set, len(self.val_images), self.device)
+        return len(self.images)
+
+    def batch(self, idx):
+        return {"image": torch.as_tensor(self.images[idx.numpy()]).to(self.device).float().div_(255.0)}
+
     def loss(self, model, batch):
         loss, stats, _ = model(batch["image"], kl_weight=self.args.kl_weight, perceptual=self.perceptual,
-                               perceptual_weight=self.args.perceptual_weight)
+                               perceptual_weight=self.args.perceptual_weight, edge_weight=self.args.edge_weight)
         return loss, stats
 
-    @torch.no_grad()
-    def validate(self, ema, images, path):
-        """PSNR of EMA reconstructions of validation images; the first 8 drawn over their reconstructions."""
-        recon = torch.cat([ema.decode(ema.encode(x)[0]) for x in images.split(128)])
-        save_image_grid(torch.cat([images[:8], recon[:8].clamp(0, 1)]), nrow=8, path=path)
-        return {"val_psnr": tok.psnr(recon, images).mean().item()}
+    def pop_log(self):
+        return {}
 
     @torch.no_grad()
-    def finish(self, ema, train_images):
+    def validate(self, ema, path):
+        """PSNR of EMA reconstructions of validation images; the first 8 drawn over their reconstructions."""
+        images = self.val_images
+        recon = torch.cat([ema.decode(ema.encode(x)[0]) for x in images.split(128)])
+        save_image_grid(torch.cat([images[:8], recon[:8].clamp(0, 1)]), nrow=8, path=path)
+        out = {"val_psnr": tok.psnr(recon, images).mean().item()}
+        if self.judge is not None:  # how well the judge reads the reconstructions: the ceiling for t2i
+            _, pred = judge.predict(self.judge, recon.clamp(0, 1))
+            out.update({f"val_recon_{k}": v for k, v in judge.accuracy(pred.cpu(), self.val_truth).items()})
+        return out
+
+    @torch.no_grad()
+    def finish(self, ema):
         """Measure the latent scale factor on training images and store it in the (EMA) weights."""
-        ema.latent_scale.fill_(tok.measure_latent_scale(ema, train_images).item())
+        x = self.images[: min(len(self.images), 2048)].to(self.device).float() / 255.0
+        ema.latent_scale.fill_(tok.measure_latent_scale(ema, x).item())
         return {"latent_scale": ema.latent_scale.item()}
 
 
@@ -230,14 +283,135 @@ def load_feature_net(path):
     return net
 
 
-TASK_CLASSES = {"tokenizer": TokenizerTask}
+T_BINS = 5  # the flow loss is logged per t in [0, 0.2), [0.2, 0.4), ...: where along the path the model struggles
+SAMPLE_STEPS, SAMPLE_CFG = 20, 2.0  # the preview grid's Euler steps and CFG scale (FLOWTOK.md: 20 steps, s = 2)
+
+
+def load_frozen_tokenizer(out_dir):
+    path = os.path.join(out_dir, "tokenizer.pt")
+    ck = load_checkpoint(path, expect_task="tokenizer", make_it=f"python train.py --task tokenizer --out-dir {out_dir}")
+    if not ck.get("finished"):
+        raise UserError(f"{path} is an unfinished tokenizer run; finish it with "
+                        f"python train.py --task tokenizer --out-dir {out_dir} --resume")
+    return tok.from_checkpoint(ck), tok.fingerprint(ck)
+
+
+class T2ITask:
+    """Text-to-image (FLOWTOK.md): projector + alignment head + flow, trained jointly with
+    L = L_flow + kl_weight * L_kl + align_weight * L_align on two frozen inputs, both computed once and cached:
+    the text encoder's caption embeddings and the tokenizer's posterior (mean, logvar) of every training image.
+    Each step draws a fresh image latent from the cached posterior. Previews: a grid of samples for fixed prompts."""
+
+    def __init__(self, args):
+        self.args = args
+        self.tokenizer, self.fingerprint = load_frozen_tokenizer(args.out_dir)
+        tcfg = self.tokenizer.cfg
+        self.image_size, N, D = tcfg.image_size, tcfg.num_latents, tcfg.latent_dim
+        self.encoder = pj.TextEncoder(args.text_encoder, num_tokens=N)  # N text tokens = N image tokens
+        pcfg = pj.ProjectorConfig(**{**vars(pj.PRESETS[args.preset]), "text_dim": self.encoder.dim,
+                                     "num_tokens": N, "token_dim": D})
+        fcfg = flow.FlowConfig(**{**vars(flow.PRESETS[args.preset]), "num_tokens": N, "token_dim": D})
+        self.model = flow.TextToImage(pcfg, fcfg)
+        self.model_config = {"projector": vars(pcfg), "flow": vars(fcfg), "text_encoder": args.text_encoder,
+                             "tokenizer": self.fingerprint}
+        self.tsum, self.tcount = torch.zeros(T_BINS), torch.zeros(T_BINS)
+
+    def to(self, device):
+        self.device = device
+        self.tokenizer.to(device)
+        self.encoder.to(device)
+
+    @torch.no_grad()
+    def encode_images(self, images):
+        """uint8 images (M, 3, H, W) -> the tokenizer's posterior mean and logvar (M, N, D), on the CPU."""
+        from tqdm import tqdm
+        moments = [self.tokenizer.encode(images[i: i + 256].to(self.device).float() / 255.0)
+                   for i in tqdm(range(0, len(images), 256), desc="encoding images", leave=False, mininterval=2)]
+        return {k: torch.cat([m[j] for m in moments]).cpu() for j, k in enumerate(("mean", "logvar"))}
+
+    def embed(self, captions, cache):
+        """Captions -> (unique embeddings (U, N, C) fp16, index (M,)): templated captions repeat a lot."""
+        unique = sorted(set(captions))
+        where = {c: i for i, c in enumerate(unique)}
+        n_long = self.encoder.count_truncated(unique)
+        if n_long:
+            print(f"note: {n_long} of {len(unique)} distinct captions are longer than {self.encoder.num_tokens} "
+                  f"tokens and were truncated")
+        return pj.embed_captions(self.encoder, unique, cache), torch.tensor([where[c] for c in captions])
+
+    def prepare(self, train_set, val_set, cache, master_first):
+        def latents():
+            path = os.path.join(cache, f"latents-{self.fingerprint}-{train_set.cache_key()}.pt")
+            if os.path.exists(path):
+                return torch.load(path)
+            images = data.image_tensor(train_set, cache_dir=cache, desc="train set")
+            out = self.encode_images(images)
+            atomic_save(out, path)
+            return out
+        self.latents = master_first(latents)
+        captions = [train_set.caption(i) for i in range(len(train_set))]
+        self.text, self.text_index = master_first(lambda: self.embed(captions, cache))
+        # validation: the first 256 val pairs (flow loss), and 8 fixed prompts (the preview grid)
+        n_val = min(256, len(val_set))
+        self.val_text = self.encoder([val_set.caption(i) for i in range(n_val)]).to(self.device)
+        val_images = torch.stack([val_set[i]["image"] for i in range(n_val)])
+        self.val_z = self.tokenizer.to_flow(self.tokenizer.encode(val_images.to(self.device))[0])
+        self.prompts = [val_set.caption(i) for i in range(min(8, n_val))]
+        self.judge, self.val_truth = load_judge_if_there(self.args.out_dir, val_set, n_val, self.device)
+        return len(train_set)
+
+    def batch(self, idx):
+        text = self.text[self.text_index[idx]].to(self.device).float()  # (B, N, C)
+        z = self.tokenizer.to_flow(gaussian_sample(self.latents["mean"][idx], self.latents["logvar"][idx]))
+        return {"text": text, "z": z.to(self.device)}  # (B, N, C), (B, N, D)
+
+    def loss(self, model, batch):
+        loss, stats, err, t = model(batch["text"], batch["z"], self.args.kl_weight, self.args.align_weight,
+                                    self.args.cfg_prob, self.args.gather_negatives)
+        b = (t * T_BINS).long().clamp(max=T_BINS - 1).cpu()
+        self.tsum.index_add_(0, b, err.float().cpu())
+        self.tcount.index_add_(0, b, torch.ones_like(err).float().cpu())
+        return loss, stats
+
+    def pop_log(self):
+        """The flow loss per t-bin, averaged over the steps since the last log line."""
+        out = {f"flow_t{i}": (self.tsum[i] / self.tcount[i]).item() for i in range(T_BINS) if self.tcount[i] > 0}
+        self.tsum.zero_()
+        self.tcount.zero_()
+        return out
+
+    @torch.no_grad()
+    def validate(self, ema, path):
+        """Flow loss of the EMA weights on validation pairs (fixed t grid, no flags, projector mean), and a grid
+        of samples: one row per fixed prompt, 8 seeds each."""
+        g = torch.Generator(device=self.device).manual_seed(0)
+        t = torch.linspace(0.02, 0.98, len(self.val_z), device=self.device)
+        mean, _ = ema.projector(self.val_text)
+        x_t, v = flow.interpolate(mean, self.val_z, t)
+        flags = torch.zeros(len(t), dtype=torch.long, device=self.device)
+        val_flow = (ema.flow(x_t, t, flags) - v).pow(2).mean().item()
+        text = self.encoder(self.prompts).to(self.device).repeat_interleave(8, 0)
+        z = ema.generate(text, SAMPLE_STEPS, SAMPLE_CFG, generator=g)
+        images = self.tokenizer.decode(self.tokenizer.from_flow(z))
+        save_image_grid(images, nrow=8, path=path, labels=self.prompts)
+        out = {"val_flow": val_flow}
+        if self.judge is not None:  # one sample per validation caption, read by the judge
+            z = ema.generate(self.val_text, SAMPLE_STEPS, SAMPLE_CFG, generator=g)
+            _, pred = judge.predict(self.judge, self.tokenizer.decode(self.tokenizer.from_flow(z)).clamp(0, 1))
+            out.update({f"val_{k}": v for k, v in judge.accuracy(pred.cpu(), self.val_truth).items()})
+        return out
+
+    def finish(self, ema):
+        return {}
+
+
+TASK_CLASSES = {"tokenizer": TokenizerTask, "t2i": T2ITask}
 
 
 # -----------------------------------------------------------------------------
 # The loop
 
-def train(args):
-    rank, world, device = setup_distributed(args.device)
+def train(args, rank=0, world=1, device=torch.device("cpu")):
     master = rank == 0
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
@@ -274,17 +448,18 @@ def train(args):
         elif master:
             print(f"--resume: no checkpoint at {ckpt_path} yet, starting from scratch")
 
-    # Data: the whole training set as one uint8 tensor (memory-mapped from out/cache for real data).
+    # Data: prepared once into out/cache (images as one uint8 tensor; t2i adds latents and text embeddings).
     train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
     val_set = data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
-    cache = os.path.join(args.out_dir, "cache")
-    if master:  # rank 0 renders / decodes once; the others then read its cache
-        images = data.image_tensor(train_set, cache_dir=cache, desc="train set")
-    if world > 1:
-        torch.distributed.barrier()
-    if not master:
-        images = data.image_tensor(train_set, cache_dir=cache)
-    val_images = torch.stack([val_set[i]["image"] for i in range(min(256, len(val_set)))]).to(device)
+
+    def master_first(make):
+        """Rank 0 computes (and caches) first; the other ranks then read its cache."""
+        out = make() if master else None
+        if world > 1:
+            torch.distributed.barrier()
+        return out if master else make()
+
+    n_train = task.prepare(train_set, val_set, os.path.join(args.out_dir, "cache"), master_first)
     if master:
         skipped = getattr(train_set, "skipped", 0)
         print(f"data: {args.data}: {len(train_set)} training images at {task.image_size}px"
@@ -302,7 +477,7 @@ def train(args):
     def save(final=False):
         if not master:
             return
-        atomic_save({"task": args.task, "config": vars(args), "model_config": vars(task.model_config),
+        atomic_save({"task": args.task, "config": vars(args), "model_config": task.model_config,
                      "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "step": step, "history": history, "evals": evals, "finished": final,
@@ -320,9 +495,9 @@ def train(args):
     model.train()
     while step < args.max_steps:
         torch.manual_seed(step_seed(args, rank, step))
-        idx = global_batch_indices(len(images), args.batch_size, step, args.seed)
+        idx = global_batch_indices(n_train, args.batch_size, step, args.seed)
         idx = idx[rank * local_bs:(rank + 1) * local_bs].sort().values  # this rank's share; sorted reads
-        batch = {"image": torch.as_tensor(images[idx.numpy()]).to(device).float().div_(255.0)}
+        batch = task.batch(idx)
         lr = learning_rate(args, step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -351,7 +526,7 @@ def train(args):
         if step % args.log_every == 0 or step == args.max_steps:
             dt = time.time() - t_last
             rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
-                   "grad_norm": gnorm.item(), "samples_per_s": n_last / dt, "time": time.time()}
+                   "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt, "time": time.time()}
             t_last, n_last = time.time(), 0
             history.append(rec)
             if master:
@@ -359,7 +534,7 @@ def train(args):
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
         if master and (step % args.sample_every == 0 or step == args.max_steps):
-            metrics = task.validate(ema, val_images, os.path.join(args.out_dir, f"{args.task}_preview.png"))
+            metrics = task.validate(ema, os.path.join(args.out_dir, f"{args.task}_preview.png"))
             rec = {"step": step, **metrics, "train_seconds": train_seconds + time.time() - t_start}
             evals.append(rec)
             with open(log_path, "a") as f:
@@ -376,17 +551,33 @@ def train(args):
             return
     bar.close()
     if master:
-        extra = task.finish(ema, images[: min(len(images), 2048)].to(device).float() / 255.0)
+        extra = task.finish(ema)
         save(final=True)
-        print(f"done: {ckpt_path} ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+        print(f"done: {ckpt_path}" + (f" ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})" if extra else ""))
+
+
+def tokenizer_is_ready(out_dir):
+    path = os.path.join(out_dir, "tokenizer.pt")
+    return os.path.exists(path) and load_checkpoint(path, expect_task="tokenizer").get("finished", False)
 
 
 def main(argv=None):
     args = get_args(argv)
     try:
-        train(args)
+        rank, world, device = setup_distributed(args.device)
+        if args.task == "t2i" and not tokenizer_is_ready(args.out_dir):
+            # t2i flows into a frozen tokenizer's latents: a fresh clone trains that first, with its own defaults
+            if rank == 0:
+                print(f"notice: no trained tokenizer in {args.out_dir}; training it first "
+                      f"(python train.py --task tokenizer --out-dir {args.out_dir}), then t2i")
+            tok_argv = ["--task", "tokenizer", "--out-dir", args.out_dir, "--data", args.data, "--seed",
+                        str(args.seed), "--device", args.device, "--resume"]
+            if args.num_train:
+                tok_argv += ["--num-train", str(args.num_train)]
+            train(get_args(tok_argv), rank, world, device)
+        train(args, rank, world, device)
+        if world > 1:
+            torch.distributed.destroy_process_group()
     except (UserError, data.DataError) as e:
         fail(str(e))
     except KeyboardInterrupt:

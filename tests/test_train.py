@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+import train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16",
         "--log-every", "2", "--sample-every", "1000", "--save-every", "1000"]
@@ -120,7 +122,9 @@ def test_perceptual_loss_from_a_local_exported_network(tmp_path):
     with open(os.path.join(out, "tokenizer_log.jsonl")) as f:
         recs = [r for r in map(json.loads, f) if "loss" in r]
     assert len(recs) == 2 and all(r["perceptual"] > 0 for r in recs)
-    assert all(abs(r["loss"] - r["rec"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6 for r in recs)
+    edge_w = train.TASK_DEFAULTS["tokenizer"]["edge_weight"]
+    assert all(abs(r["loss"] - r["rec"] - edge_w * r["edge"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6
+               for r in recs)
     r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "missing.pt"), check=False)
     assert_one_line_error(r, "missing.pt")
     (tmp_path / "junk.pt2").write_bytes(b"junk")

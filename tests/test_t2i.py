@@ -1,0 +1,141 @@
+"""Text-to-image end to end on tiny models: train.py --task t2i, sample.py, evaluate.py --task t2i."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from test_train import run, assert_one_line_error
+
+TOK = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16", "--max-steps", "30",
+       "--lr", "3e-3", "--sample-every", "1000"]
+T2I = ["--task", "t2i", "--preset", "tiny", "--num-train", "256", "--batch-size", "32", "--lr", "3e-3",
+       "--log-every", "5", "--sample-every", "40", "--save-every", "1000"]
+JUDGE = ["--judge-images", "512", "--judge-steps", "40"]  # a cheap judge (cached under its own name)
+
+
+def t2i_log(out_dir):
+    with open(os.path.join(out_dir, "t2i_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("t2i") / "out")
+    run("train.py", *TOK, "--out-dir", out)
+    run("train.py", *T2I, "--max-steps", "80", "--out-dir", out)
+    return out
+
+
+def test_t2i_trains_and_logs_what_it_should(trained):
+    log = t2i_log(trained)
+    train_recs = [r for r in log if "loss" in r]
+    first, last = train_recs[0], train_recs[-1]
+    for k in ("flow", "kl", "align", "temperature", "flow_t0", "flow_t4"):
+        assert k in last, last
+    assert last["flow"] < 0.8 * first["flow"], (first["flow"], last["flow"])  # the flow learns something
+    assert [r["step"] for r in log if "val_flow" in r] == [40, 80]
+    for name in ("t2i.pt", "t2i_loss.png", "t2i_preview.png"):
+        assert os.path.getsize(os.path.join(trained, name)) > 0
+    ck = torch.load(os.path.join(trained, "t2i.pt"), weights_only=False)
+    assert ck["finished"] and ck["step"] == 80
+    assert ck["model_config"]["tokenizer"].startswith("tokenizer-step30")
+    assert ck["model_config"]["flow"]["num_tokens"] == 8 and ck["model_config"]["projector"]["text_dim"] == 384
+
+
+def test_t2i_resume_is_exact(trained, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d in (a, b):
+        os.makedirs(d)
+        shutil.copy(os.path.join(trained, "tokenizer.pt"), d)  # same frozen tokenizer, fresh flows
+    run("train.py", *T2I, "--max-steps", "20", "--out-dir", a)
+    r = run("train.py", *T2I, "--max-steps", "20", "--out-dir", b, "--stop-at-step", "8")
+    assert "stopped at step 8" in r.stdout
+    run("train.py", *T2I, "--max-steps", "20", "--out-dir", b, "--resume")
+    losses = lambda d: [(r["step"], r["loss"], r["flow"]) for r in t2i_log(d) if "loss" in r]
+    assert losses(a) == losses(b)
+    ea = torch.load(os.path.join(a, "t2i.pt"), weights_only=False)["ema"]
+    eb = torch.load(os.path.join(b, "t2i.pt"), weights_only=False)["ema"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_t2i_trains_the_missing_tokenizer_first(tmp_path, monkeypatch, capsys):
+    import train
+    monkeypatch.setitem(train.TASK_DEFAULTS, "tokenizer", {**train.TASK_DEFAULTS["tokenizer"], "preset": "tiny",
+                                                           "max_steps": 6, "batch_size": 8})
+    out = str(tmp_path / "fresh")
+    train.main([*T2I, "--max-steps", "4", "--out-dir", out, "--sample-every", "1000"])
+    printed = capsys.readouterr().out
+    assert "notice: no trained tokenizer" in printed
+    assert torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)["step"] == 6
+    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=False)["step"] == 4
+
+
+def test_t2i_under_torchrun_with_gathered_negatives(trained, tmp_path):
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    shutil.copy(os.path.join(trained, "tokenizer.pt"), out)
+    run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *T2I, "--max-steps", "6",
+        "--out-dir", out, "--gather-negatives", "--device", "cpu")
+    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=False)["step"] == 6
+
+
+def test_sample_is_deterministic_and_per_prompt(trained, tmp_path):
+    import flow
+    from sample import text_to_image
+    model, tokenizer, encoder = flow.load_text_to_image(trained)
+    a = text_to_image(model, tokenizer, encoder, ["a big red circle"], n=3, seed=5)
+    ab = text_to_image(model, tokenizer, encoder, ["a tiny blue box", "a big red circle"], n=3, seed=5)
+    assert a.shape == (3, 3, 16, 16) and ab.shape == (6, 3, 16, 16)
+    assert torch.allclose(a, ab[3:], atol=1e-5)  # a prompt's images do not depend on its neighbours
+    assert not torch.allclose(a[0], a[1])  # different samples of one prompt differ
+    assert not torch.allclose(a, text_to_image(model, tokenizer, encoder, ["a big red circle"], n=3, seed=6))
+    paths = [str(tmp_path / f"s{i}.png") for i in range(2)]
+    for p in paths:
+        r = run("sample.py", "--out-dir", trained, "--prompt", "a large red circle at the top", "--prompt",
+                "a small blue square on the left", "--n", "2", "--steps", "5", "--out", p)
+        assert f"wrote {p}" in r.stdout
+    assert open(paths[0], "rb").read() == open(paths[1], "rb").read()
+    r = run("sample.py", "--out-dir", trained, "--prompt", "a large red circle at the very top of the whole image",
+            "--n", "1", "--steps", "2", "--out", paths[0])
+    assert "truncated" in r.stdout  # tiny preset: N = 8 tokens
+
+
+def test_sample_bad_input(trained, tmp_path):
+    assert_one_line_error(run("sample.py", "--out-dir", trained, "--prompt", " ", check=False), "empty prompt")
+    assert_one_line_error(run("sample.py", "--out-dir", str(tmp_path), "--prompt", "a", check=False),
+                          "t2i.pt", "python train.py --task t2i")
+    assert_one_line_error(run("sample.py", "--out-dir", trained, check=False), "--prompt")
+    assert_one_line_error(run("sample.py", "--out-dir", trained, "--prompts", str(tmp_path / "nope.txt"),
+                              check=False), "nope.txt")
+    # a t2i model next to a tokenizer it was not trained on
+    other = str(tmp_path / "other")
+    os.makedirs(other)
+    shutil.copy(os.path.join(trained, "t2i.pt"), other)
+    run("train.py", *TOK, "--max-steps", "3", "--out-dir", other)
+    assert_one_line_error(run("sample.py", "--out-dir", other, "--prompt", "a", check=False), "not the tokenizer")
+
+
+def test_evaluate_t2i_reports_everything(trained, tmp_path):
+    res_path = str(tmp_path / "r.json")
+    run("evaluate.py", "--task", "t2i", "--out-dir", trained, "--n", "60", *JUDGE, "--steps", "4",
+        "--json", res_path)
+    res = json.load(open(res_path))["t2i"]
+    for k in ("judge_acc", "recon_judge_acc", "acc_all_seen", "acc_all_heldout", "acc_shape", "acc_color",
+              "acc_size", "acc_position"):
+        assert 0.0 <= res[k] <= 1.0, (k, res[k])
+    assert res["fd"] >= 0 and res["n"] == 60 and 0 < res["n_heldout"] < 60 and res["steps"] == 4
+    import data
+    assert os.path.exists(os.path.join(trained, f"judge-16-{data.SHAPES_VERSION}-512x40.pt"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a large red circle at the top", "shape": "circle", "color": "red",
+                                   "size": "large", "position": "top"}) + "\n")
+    run("evaluate.py", "--task", "t2i", "--out-dir", trained, "--prompts", str(prompts), *JUDGE, "--steps", "4",
+        "--json", res_path)
+    res = json.load(open(res_path))
+    assert "t2i" in res and res["t2i_prompts"]["n"] == 1 and 0 <= res["t2i_prompts"]["acc_all"] <= 1
+    prompts.write_text('{"prompt": "a red circle", "shape": "hexagon", "color": "red", "size": "large", '
+                       '"position": "top"}\n')
+    assert_one_line_error(run("evaluate.py", "--task", "t2i", "--out-dir", trained, "--prompts", str(prompts),
+                              *JUDGE, check=False), "hexagon")
