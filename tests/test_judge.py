@@ -35,3 +35,21 @@ def test_a_briefly_trained_judge_reads_position_and_size():
     acc = J.accuracy(pred, J.targets([test[i]["attrs"] for i in range(300)]))
     assert feats.shape == (300, J.FEATURES)
     assert acc["acc_position"] > 0.8 and acc["acc_size"] > 0.8, acc  # chance: 0.11 and 0.5
+
+
+def test_augment_blurs_some_images_and_keeps_the_rest_sharp():
+    x = torch.full((200, 3, 32, 32), 0.3)
+    x[:, :, 16, 16] = 0.8  # one bright pixel on grey: blur spreads it, noise alone barely moves it
+    y = J.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    blurred = (y[:, 0, 16, 16] < 0.3 + 0.8 * 0.5).float().mean().item()
+    assert 0.1 < blurred < 0.5, blurred  # half the images get a random blur, some of it too weak to matter
+    assert (y.mean((1, 2, 3)) - x.mean((1, 2, 3))).abs().max() < 0.01  # light is moved around, not lost or added
+
+
+def test_the_judge_split_shows_every_composition():
+    pairs = {(a["shape"], a["color"]) for a in (data.sample_params("judge", i)[0] for i in range(2000))}
+    assert data.HELDOUT_PAIRS <= pairs and len(pairs) == len(data.SHAPES) * len(data.COLORS)
+    train_pairs = {(a["shape"], a["color"]) for a in (data.sample_params("train", i)[0] for i in range(2000))}
+    assert not (data.HELDOUT_PAIRS & train_pairs)
+    assert data.SHAPES_VERSION in data.ShapesDataset("judge", n=3).cache_key()
