@@ -41,6 +41,7 @@ def get_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="t2i: Euler steps (default: 20)")
     p.add_argument("--cfg", type=float, default=2.0, help="t2i: guidance scale (default: 2.0)")
     p.add_argument("--seed", type=int, default=0, help="t2i: sampling seed")
+    p.add_argument("--use-mean", action="store_true", help="t2i: start from the projector's mean, not a sample")
     p.add_argument("--judge-images", type=int, default=J.NUM_TRAIN, help="t2i: the judge's training set size")
     p.add_argument("--judge-steps", type=int, default=J.STEPS, help="t2i: the judge's training steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -108,7 +109,7 @@ def eval_t2i(args):
     t_judge = time.time() - t0
     generate = lambda prompts: torch.cat([
         text_to_image(model, tokenizer, encoder, prompts[i: i + args.batch_size], n=1, steps=args.steps,
-                      cfg=args.cfg, seed=args.seed + i).cpu() for i in range(0, len(prompts), args.batch_size)])
+                      cfg=args.cfg, seed=args.seed + i, use_mean=args.use_mean).cpu() for i in range(0, len(prompts), args.batch_size)])
     if args.prompts:
         prompts, attrs = read_prompt_suite(args.prompts)
         _, pred = J.predict(judge, generate(prompts))
@@ -137,6 +138,7 @@ def eval_t2i(args):
             "fd": J.frechet_distance(feats_fake, feats_real),
             "fd_recon": J.frechet_distance(feats_recon, feats_real),
             "n": len(test), "n_heldout": int(held.sum()), "steps": args.steps, "cfg": args.cfg,
+            "use_mean": args.use_mean,
             "seconds_generate": t_gen, "images_per_s": len(test) / t_gen, "seconds_judge": t_judge}
 
 

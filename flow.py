@@ -133,8 +133,14 @@ class VelocityNet(nn.Module):
 # -----------------------------------------------------------------------------
 # Training: the path, the CFG indicator, the loss
 
-def sample_t(batch, device=None, generator=None):
-    """Logit-normal t in (0, 1): sigmoid of a standard normal. (B,)"""
+T_DISTRIBUTIONS = ("logit-normal", "uniform")
+
+
+def sample_t(batch, device=None, generator=None, dist="logit-normal"):
+    """t in (0, 1), (B,). logit-normal (the paper's): sigmoid of a standard normal, so t < 0.1 only 1.4% of the
+    time. uniform: every t alike, including the start of the path, where a text source must decide the picture."""
+    if dist == "uniform":
+        return torch.rand(batch, device=device, generator=generator)
     return torch.sigmoid(torch.randn(batch, device=device, generator=generator))
 
 
@@ -156,11 +162,11 @@ def cfg_indicator(x1, prob=CFG_FLAG_PROB, generator=None):
     return out, flag.long()
 
 
-def flow_loss(model, x0, x1, flag_prob=CFG_FLAG_PROB, t=None):
+def flow_loss(model, x0, x1, flag_prob=CFG_FLAG_PROB, t=None, t_dist="logit-normal"):
     """Flow-matching loss: MSE between the predicted and the path velocity, in fp32.
     Returns (loss, per-sample squared error (B,), t (B,)) -- the last two for loss-per-t-bin logging."""
     x1, flag = cfg_indicator(x1, flag_prob)
-    t = sample_t(x0.shape[0], x0.device) if t is None else t
+    t = sample_t(x0.shape[0], x0.device, dist=t_dist) if t is None else t
     x_t, v = interpolate(x0, x1, t)
     err = (model(x_t, t, flag).float() - v.float()).pow(2).flatten(1).mean(1)  # (B,)
     return err.mean(), err.detach(), t
@@ -216,13 +222,14 @@ class TextToImage(nn.Module):
         self.align = AlignHead(pcfg)
         self.flow = VelocityNet(fcfg)
 
-    def forward(self, text, z_image, kl_weight, align_weight, flag_prob=CFG_FLAG_PROB, gather=False):
+    def forward(self, text, z_image, kl_weight, align_weight, flag_prob=CFG_FLAG_PROB, gather=False,
+                t_dist="logit-normal"):
         """Training loss L_flow + kl_weight * L_kl + align_weight * L_align (FLOWTOK.md).
         text (B, N, C) from the frozen encoder; z_image (B, N, D) in flow space.
         Returns (loss, stats of 0-d tensors, per-sample flow error (B,), t (B,))."""
         mean, logvar = self.projector(text)  # (B, N, D) each
         z_text = gaussian_sample(mean, logvar)  # the source: sampled in training (and, by default, at sampling)
-        l_flow, err, t = flow_loss(self.flow, z_text, z_image, flag_prob)
+        l_flow, err, t = flow_loss(self.flow, z_text, z_image, flag_prob, t_dist=t_dist)
         l_kl = gaussian_kl(mean, logvar).mean()  # per caption, summed over N x D
         l_align = info_nce(z_text, self.align(text), self.align.logit_scale, gather=gather)
         loss = l_flow + kl_weight * l_kl + align_weight * l_align

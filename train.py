@@ -87,6 +87,9 @@ def get_args(argv=None):
                         "Face cache name of a CLIP text model (e.g. openai/clip-vit-large-patch14)")
     p.add_argument("--cfg-prob", type=float, default=flow.CFG_FLAG_PROB,
                    help="t2i: probability of the CFG indicator flag (flagged targets are shuffled)")
+    p.add_argument("--t-dist", choices=flow.T_DISTRIBUTIONS, default="uniform",
+                   help="t2i: how training draws t along the path (default: uniform; logit-normal is the paper's, "
+                        "and with a text source it barely trains the start of the path: README, Results)")
     p.add_argument("--gather-negatives", action="store_true",
                    help="t2i under torchrun: alignment-loss negatives from every process's batch")
     p.add_argument("--edge-weight", type=float, help="tokenizer: weight of the L2 between image gradients (edges)")
@@ -367,7 +370,7 @@ class T2ITask:
 
     def loss(self, model, batch):
         loss, stats, err, t = model(batch["text"], batch["z"], self.args.kl_weight, self.args.align_weight,
-                                    self.args.cfg_prob, self.args.gather_negatives)
+                                    self.args.cfg_prob, self.args.gather_negatives, self.args.t_dist)
         b = (t * T_BINS).long().clamp(max=T_BINS - 1).cpu()
         self.tsum.index_add_(0, b, err.float().cpu())
         self.tcount.index_add_(0, b, torch.ones_like(err).float().cpu())

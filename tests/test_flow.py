@@ -122,3 +122,12 @@ def test_presets_match_the_paper_sizes():
         counts = {k: sum(p.numel() for p in flow.VelocityNet(flow.PRESETS[k]).parameters()) for k in ("B", "XL")}
     # paper (incl. the text projector): B 153M, XL 698M; the velocity net alone is somewhat smaller
     assert 100e6 < counts["B"] < 153e6 and 600e6 < counts["XL"] < 698e6, counts
+
+
+def test_t_distributions_weight_the_start_of_the_path_differently():
+    g = torch.Generator().manual_seed(0)
+    ln = flow.sample_t(100_000, generator=g)
+    un = flow.sample_t(100_000, generator=g, dist="uniform")
+    assert 0 < ln.min() and ln.max() < 1 and 0 <= un.min() and un.max() < 1
+    assert abs((ln < 0.1).float().mean().item() - 0.0140) < 0.002  # P(sigmoid(n) < 0.1) = P(n < -2.197)
+    assert abs((un < 0.1).float().mean().item() - 0.1) < 0.005
