@@ -7,7 +7,9 @@ For text-to-image the source x0 is the text tokens Z_T and the target x1 the ima
 swaps them. With SIGMA_MIN = 1e-5:
     x_t = (1 - (1 - SIGMA_MIN) t) x0 + t x1          (a straight line from x0 to ~x1)
     v   = x1 - (1 - SIGMA_MIN) x0                    (its constant velocity: the regression target)
-t is drawn logit-normal, t = sigmoid(n), n ~ N(0, 1): most training signal in the middle of the path.
+The paper draws t logit-normal, t = sigmoid(n), n ~ N(0, 1): most training signal in the middle of the path.
+With a text source that starves the start of the path, where the picture is decided; train.py draws t uniformly
+by default (sample_t, README Results).
 
 Classifier-free guidance without a null prompt (the CFG indicator): in training each sample is flagged with
 probability CFG_FLAG_PROB, and the flagged samples' targets are shuffled among themselves, so a flagged
