@@ -21,6 +21,16 @@ def fail(message, code=1):
     sys.exit(code)
 
 
+def pick_device(flag):
+    """--device: auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps -> torch.device; a missing GPU is a UserError."""
+    if flag == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
+                            else "cpu")
+    if flag == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(flag)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse prints the whole usage block first). Exit code 2."""
 

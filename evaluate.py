@@ -24,8 +24,8 @@ import data
 import flow
 import judge as J
 import tokenizer as tok
-from common import ArgumentParser, UserError, fail, load_checkpoint, save_image_grid
-from sample import pick_device, text_to_image
+from common import ArgumentParser, UserError, fail, load_checkpoint, pick_device, save_image_grid
+from sample import text_to_image
 
 
 def get_args(argv=None):

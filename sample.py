@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from common import ArgumentParser, UserError, fail, save_image_grid
+from common import ArgumentParser, UserError, fail, pick_device, save_image_grid
 import flow
 
 
@@ -55,15 +55,6 @@ def read_prompts(path):
     if not prompts:
         raise UserError(f"--prompts: {path} holds no prompts")
     return prompts
-
-
-def pick_device(flag):
-    if flag == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
-                            else "cpu")
-    if flag == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(flag)
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ import judge
 import projector as pj
 import tokenizer as tok
 from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve, save_image_grid,
-                    fail)
+                    fail, pick_device)
 from layers import gaussian_sample
 
 # -----------------------------------------------------------------------------
@@ -130,10 +130,7 @@ def get_args(argv=None):
 
 def setup_distributed(device_flag):
     """One process, or one of many under torchrun (RANK is set). Returns (rank, world, device)."""
-    if device_flag == "auto":
-        device_flag = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if device_flag == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    device_flag = pick_device(device_flag).type
     if "RANK" not in os.environ:
         return 0, 1, torch.device(device_flag)
     rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
