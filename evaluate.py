@@ -13,7 +13,6 @@ t2i (Shapes): a judge CNN (judge.py, trained once and cached in the out-dir) rea
     images in the judge's feature space. --prompts scores any JSON-lines prompt list instead.
 The JSON file gets one key per task ({"tokenizer": {"psnr": ...}}); other keys already in it are kept.
 """
-import argparse
 import json
 import os
 import time
@@ -99,10 +98,9 @@ def read_prompt_suite(path):
 def eval_t2i(args):
     device = pick_device(args.device)
     model, tokenizer, encoder = flow.load_text_to_image(args.out_dir, device)
-    ck_data = load_checkpoint(os.path.join(args.out_dir, "t2i.pt"))["config"]["data"]
-    if ck_data != "shapes":
+    if model.trained_on != "shapes":
         raise UserError(f"evaluate.py --task t2i scores Shapes models (its judge reads Shapes attributes); this "
-                        f"model was trained on {ck_data}. Use sample.py to look at its images")
+                        f"model was trained on {model.trained_on}. Use sample.py to look at its images")
     size = tokenizer.cfg.image_size
     t0 = time.time()
     judge = J.load_or_train(args.out_dir, size, args.judge_images, args.judge_steps)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from layers import Attention, SwiGLU, rope_1d, gaussian_sample, gaussian_kl
 from projector import TextProjector, AlignHead, info_nce
@@ -253,7 +252,8 @@ class TextToImage(nn.Module):
 
 
 def load_text_to_image(out_dir, device="cpu"):
-    """A trained text-to-image run in `out_dir`: (model, tokenizer, text encoder), EMA weights, eval mode, frozen.
+    """A trained text-to-image run in `out_dir`: (model, tokenizer, text encoder), EMA weights, eval mode, frozen;
+    model.trained_on names its training data.
     Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
     import os
     import tokenizer as tok
@@ -270,5 +270,6 @@ def load_text_to_image(out_dir, device="cpu"):
                         f"python train.py --task t2i --out-dir {out_dir}")
     model = TextToImage(ProjectorConfig(**mc["projector"]), FlowConfig(**mc["flow"]))
     model.load_state_dict(ck["ema"])
+    model.trained_on = ck["config"]["data"]  # what --data it was trained on: evaluate.py scores only Shapes models
     encoder = TextEncoder(mc["text_encoder"], num_tokens=mc["flow"]["num_tokens"])
     return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device), encoder.to(device))

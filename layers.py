@@ -5,7 +5,6 @@ them, and the diagonal Gaussian with its closed-form KL.
 
 tokenizer.py, projector.py and text_decoder.py all build on these, so there is one RoPE and one SwiGLU.
 """
-import math
 
 import torch
 import torch.nn as nn

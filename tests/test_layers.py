@@ -1,5 +1,4 @@
 """The hand-written pieces: RoPE, SwiGLU, the Gaussian KL, and the tokenizer built from them."""
-import math
 
 import pytest
 import torch
