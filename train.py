@@ -45,7 +45,7 @@ from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema
 # Defaults per task: the recipes. A flag given on the command line overrides its entry here.
 
 TASK_DEFAULTS = {
-    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=5000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=4000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                       kl_weight=1e-6, edge_weight=1.0),
     "t2i": dict(preset="cpu", batch_size=128, max_steps=2600, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",

@@ -113,6 +113,20 @@ def test_tokenizer_text_aware_decoding():
         m.decode(z)
 
 
+def test_tokenizer_stem_and_attention_init():
+    """The conv stem keeps the patch grid; attention weights start at std 1/sqrt(width) (not 0.02: README)."""
+    torch.manual_seed(0)
+    for stem in (0, 8):
+        cfg = tok.TokenizerConfig(**{**vars(tok.PRESETS["tiny"]), "stem_channels": stem})
+        m = tok.Tokenizer(cfg)
+        assert isinstance(m.stem, torch.nn.Identity) == (stem == 0)
+        mean, _ = m.encode(torch.rand(2, 3, cfg.image_size, cfg.image_size))
+        assert mean.shape == (2, cfg.num_latents, cfg.latent_dim)
+        for a in [x for x in m.modules() if isinstance(x, layers.Attention)]:
+            assert abs(a.qkv.weight.std().item() - cfg.enc_width ** -0.5) < 0.2 * cfg.enc_width ** -0.5
+        assert m.to_pixels.weight.std().item() < 0.03  # everything else keeps the ViT recipe
+
+
 def test_decoder_output_depends_on_every_latent_slot():
     """Latent tokens are unrotated, so the decoder must tell slots apart by their learned slot embedding."""
     torch.manual_seed(0)
