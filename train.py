@@ -48,7 +48,7 @@ TASK_DEFAULTS = {
     "tokenizer": dict(preset="cpu", batch_size=16, max_steps=4000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                       kl_weight=1e-6, edge_weight=1.0),
-    "t2i": dict(preset="cpu", batch_size=128, max_steps=2600, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    "t2i": dict(preset="cpu", batch_size=128, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                 kl_weight=1e-4, align_weight=1.0),
 }
