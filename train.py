@@ -1,5 +1,5 @@
 """
-Train a flowtok model. One file, one loop; each --task only says what its model and loss are.
+Train a flowtok model. One file, one loop; each --task (tasks.py) only says what its model and loss are.
 
     --task tokenizer   the 1D image tokenizer (tokenizer.py)                     -> out/tokenizer.pt
     --task t2i         text-to-image: projector + flow (projector.py, flow.py)   -> out/t2i.pt
