@@ -9,7 +9,7 @@ swaps them. With SIGMA_MIN = 1e-5:
     v   = x1 - (1 - SIGMA_MIN) x0                    (its constant velocity: the regression target)
 The paper draws t logit-normal, t = sigmoid(n), n ~ N(0, 1): most training signal in the middle of the path.
 With a text source that starves the start of the path, where the picture is decided; train.py draws t uniformly
-by default (sample_t, README Results).
+by default (sample_t, README Design choices).
 
 Classifier-free guidance without a null prompt (the CFG indicator): in training each sample is flagged with
 probability CFG_FLAG_PROB, and the flagged samples' targets are shuffled among themselves, so a flagged
