@@ -3,6 +3,7 @@ Measure trained flowtok models on the Shapes test split (or the test split of --
 
     python evaluate.py --task tokenizer [--out-dir out] [--json results.json]
     python evaluate.py --task t2i [--out-dir out] [--json results.json] [--prompts FILE.jsonl]
+    python evaluate.py --task i2t [--out-dir out] [--json results.json]
 
 tokenizer: PSNR (dB) of EMA-weight reconstructions (posterior mean) of the test images.
 t2i (Shapes): a judge CNN (judge.py, trained once and cached in the out-dir) reads shape, color, size and
@@ -11,10 +12,17 @@ t2i (Shapes): a judge CNN (judge.py, trained once and cached in the out-dir) rea
     acc_*: on images generated from the test captions, one per caption, split into seen compositions and the
     held-out (shape, color) pairs no training image shows; fd: Frechet distance between generated and real test
     images in the judge's feature space. --prompts scores any JSON-lines prompt list instead.
+i2t: one caption per test image (greedy), scored with pycocoevalcap against the test captions: BLEU-1..4, ROUGE-L,
+    CIDEr, and METEOR where Java runs. On Shapes also acc_*: the attributes read back from the caption
+    (data.parse_caption) against the image's, overall, on seen and on held-out compositions. ae_exact: how many test
+    captions the text autoencoder gives back exactly (through its projector's mean).
 The JSON file gets one key per task ({"tokenizer": {"psnr": ...}}); other keys already in it are kept.
 """
+import contextlib
 import json
 import os
+import re
+import sys
 import time
 
 import torch
@@ -24,12 +32,13 @@ import flow
 import judge as J
 import tokenizer as tok
 from common import ArgumentParser, UserError, fail, load_checkpoint, pick_device, save_image_grid
-from sample import text_to_image
+from projector import TextEncoder
+from sample import image_to_text, text_to_image
 
 
 def get_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", required=True, choices=("tokenizer", "t2i"))
+    p.add_argument("--task", required=True, choices=("tokenizer", "t2i", "i2t"))
     p.add_argument("--out-dir", default="out", help="where train.py wrote its checkpoints (default: out)")
     p.add_argument("--data", help="dataset to test on (default: the one the checkpoint was trained on)")
     p.add_argument("--n", type=int, default=1000, help="number of test images (default: 1000)")
@@ -37,8 +46,9 @@ def get_args(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--prompts", metavar="FILE.jsonl", help="t2i: score these prompts instead of the test captions; "
                    'each line {"prompt": ..., "shape": ..., "color": ..., "size": ..., "position": ...}')
-    p.add_argument("--steps", type=int, default=20, help="t2i: Euler steps (default: 20)")
-    p.add_argument("--cfg", type=float, default=2.0, help="t2i: guidance scale (default: 2.0)")
+    p.add_argument("--steps", type=int, default=20, help="t2i, i2t: Euler steps (default: 20)")
+    p.add_argument("--cfg", type=float, help=f"t2i, i2t: guidance scale (default: {flow.T2I_CFG} for t2i, "
+                                             f"{flow.I2T_CFG} for i2t)")
     p.add_argument("--seed", type=int, default=0, help="t2i: sampling seed")
     p.add_argument("--use-mean", action="store_true", help="t2i: start from the projector's mean, not a sample")
     p.add_argument("--judge-images", type=int, default=J.NUM_TRAIN, help="t2i: the judge's training set size")
@@ -47,6 +57,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if min(args.n, args.batch_size, args.steps, args.judge_images, args.judge_steps) <= 0:
         p.error("--n, --batch-size, --steps, --judge-images and --judge-steps must be positive")
+    if args.cfg is None:
+        args.cfg = flow.I2T_CFG if args.task == "i2t" else flow.T2I_CFG
     return args
 
 
@@ -140,7 +152,98 @@ def eval_t2i(args):
             "seconds_generate": t_gen, "images_per_s": len(test) / t_gen, "seconds_judge": t_judge}
 
 
-EVALS = {"tokenizer": eval_tokenizer, "t2i": eval_t2i}
+def caption_metrics(references, hypotheses, meteor=True):
+    """pycocoevalcap's BLEU-1..4, ROUGE-L and CIDEr (and METEOR where Java runs, unless meteor=False) of hypotheses
+    (list of M str) against references (list of M lists of str). Text is tokenized as COCO's own evaluation does it, with the PTB tokenizer
+    (Java); without Java, by the same lower-casing and punctuation removal in Python."""
+    import shutil
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    java = shutil.which("java") is not None
+    refs = {i: [{"caption": c} for c in r] for i, r in enumerate(references)}
+    hyps = {i: [{"caption": h}] for i, h in enumerate(hypotheses)}
+    if java:
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        with quiet():
+            refs, hyps = PTBTokenizer().tokenize(refs), PTBTokenizer().tokenize(hyps)
+    else:
+        words = lambda s: " ".join(w for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", s.lower())
+                                   if w not in PTB_PUNCTUATION)
+        refs = {i: [words(c["caption"]) for c in r] for i, r in refs.items()}
+        hyps = {i: [words(c["caption"]) for c in h] for i, h in hyps.items()}
+    with quiet():  # the scorers print their internals, and Java its speed
+        bleu, _ = Bleu(4).compute_score(refs, hyps)
+        out = {f"bleu{n + 1}": b for n, b in enumerate(bleu)}
+        out["rougeL"] = float(Rouge().compute_score(refs, hyps)[0])
+        out["cider"] = float(Cider().compute_score(refs, hyps)[0])
+        if java and meteor:
+            from pycocoevalcap.meteor.meteor import Meteor
+            out["meteor"] = Meteor().compute_score(refs, hyps)[0]
+    return out
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence stdout and stderr at the file-descriptor level, so that Java subprocesses are silenced too."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+# what pycocoevalcap's PTBTokenizer drops after tokenizing
+PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+                   "...", ";"}
+
+
+@torch.no_grad()
+def eval_i2t(args):
+    device = pick_device(args.device)
+    model, tokenizer, autoencoder, vocab = flow.load_image_to_text(args.out_dir, device)
+    spec = args.data or model.trained_on
+    size = tokenizer.cfg.image_size
+    test = data.open_dataset(spec, "test", size=size, n=None if spec != "shapes" else args.n)
+    n = min(args.n, len(test))
+    items = [test[i] for i in range(n)]
+    images = torch.stack([it["image"] for it in items])
+    t0 = time.time()
+    captions = [c for i in range(0, n, args.batch_size) for c in image_to_text(
+        model, tokenizer, autoencoder, vocab, images[i: i + args.batch_size], args.steps, args.cfg, seed=args.seed)]
+    t_gen = time.time() - t0
+    save_image_grid(images[:16], nrow=1, path=os.path.join(args.out_dir, "i2t_eval.png"), labels=captions[:16])
+    out = {}
+    if isinstance(test, data.ShapesDataset):
+        attrs = [it["attrs"] for it in items]
+        pred, truth = J.read_captions(captions), J.targets(attrs)
+        held = torch.tensor([(a["shape"], a["color"]) in data.HELDOUT_PAIRS for a in attrs])
+        out.update(J.accuracy(pred, truth))
+        out["acc_all_seen"] = J.accuracy(pred[~held], truth[~held])["acc_all"]
+        out["acc_all_heldout"] = J.accuracy(pred[held], truth[held])["acc_all"]
+    out.update(caption_metrics([it["captions"] for it in items], captions))
+    # the text autoencoder alone: do the test captions come back word for word?
+    encoder = TextEncoder(autoencoder.text_encoder, num_tokens=autoencoder.projector.cfg.num_tokens).to(device)
+    truth_text = [it["caption"] for it in items]
+    recon = [vocab.decode(ids) for i in range(0, n, args.batch_size)
+             for ids in autoencoder.reconstruct(encoder(truth_text[i: i + args.batch_size]).to(device))]
+    out["ae_exact"] = sum(r == c for r, c in zip(recon, truth_text)) / n
+    return {**out, "n": n, "steps": args.steps, "cfg": args.cfg, "seconds_generate": t_gen,
+            "captions_per_s": n / t_gen, "examples": [{"caption": c, "reference": r} for c, r in
+                                                       zip(captions[:5], truth_text[:5])]}
+
+
+EVALS = {"tokenizer": eval_tokenizer, "t2i": eval_t2i, "i2t": eval_i2t}
 
 
 def main(argv=None):
@@ -152,7 +255,11 @@ def main(argv=None):
     key = "t2i_prompts" if args.task == "t2i" and args.prompts else args.task
     print(f"{key} ({args.out_dir})")
     for k, v in result.items():
-        print(f"  {k:<14} {v:.4g}" if isinstance(v, float) else f"  {k:<14} {v}")
+        if k == "examples":
+            print("  examples (generated | reference):")
+            print("\n".join(f"    {e['caption']} | {e['reference']}" for e in v))
+        else:
+            print(f"  {k:<14} {v:.4g}" if isinstance(v, float) else f"  {k:<14} {v}")
     if args.json:
         old = {}
         if os.path.exists(args.json):

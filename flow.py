@@ -27,6 +27,9 @@ from projector import TextProjector, AlignHead, info_nce
 
 SIGMA_MIN = 1e-5
 CFG_FLAG_PROB = 0.1
+# Default guidance scales at sampling (sample.py, evaluate.py, the training previews): FLOWTOK.md's s = 2 for
+# text-to-image; image-to-text's was measured here (README, Design choices).
+T2I_CFG, I2T_CFG = 2.0, 1.0
 
 
 @dataclass
@@ -187,7 +190,7 @@ def guided_velocity(model, x, t, scale):
 
 
 @torch.no_grad()
-def euler_sample(model, x0, steps=20, cfg_scale=2.0, return_trajectory=False):
+def euler_sample(model, x0, steps=20, cfg_scale=T2I_CFG, return_trajectory=False):
     """Integrate dx/dt = v from t = 0 (x0, the source) to t = 1 with `steps` Euler steps.
     bf16 autocast on CUDA, fp32 elsewhere; the state x stays fp32. Returns x1 (B, N, D) or, with
     return_trajectory, a (steps + 1, B, N, D) tensor of every intermediate state."""
@@ -239,7 +242,7 @@ class TextToImage(nn.Module):
         return loss, stats, err, t
 
     @torch.no_grad()
-    def generate(self, text, steps=20, cfg_scale=2.0, use_mean=False, noise=None, generator=None,
+    def generate(self, text, steps=20, cfg_scale=T2I_CFG, use_mean=False, noise=None, generator=None,
                  return_trajectory=False):
         """text (B, N, C) -> image latents in flow space (B, N, D) (or the trajectory, see euler_sample).
         The source is Z_T = mean + exp(logvar / 2) * noise, noise (B, N, D) drawn from `generator` unless
@@ -249,6 +252,37 @@ class TextToImage(nn.Module):
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
         z_text = mean if use_mean else mean + torch.exp(0.5 * logvar) * noise
         return euler_sample(self.flow, z_text, steps, cfg_scale, return_trajectory)
+
+
+# The image-to-text model: the flow from image tokens Z_I (the source, t = 0) to text tokens Z_T (the target, t = 1),
+# both in flow space. No projector is trained with it (FLOWTOK.md: no KL, no alignment loss on this path): its
+# targets come from the frozen text autoencoder (text_decoder.py), whose decoder turns the flow's output into words.
+
+class ImageToText(nn.Module):
+    """source_noise: the std (flow units) of Gaussian noise added to Z_I, in training and sampling alike, to make the
+    source a distribution: the tokenizer's posterior is nearly a point (std ~0.005 of the latents' std), while one
+    image has many captions (README, image-to-text)."""
+
+    def __init__(self, fcfg: FlowConfig, source_noise=0.0):
+        super().__init__()
+        self.flow = VelocityNet(fcfg)
+        self.source_noise = source_noise
+
+    def forward(self, z_image, z_text, flag_prob=CFG_FLAG_PROB, t_dist="logit-normal"):
+        """Training loss L_flow. z_image, z_text (B, N, D) in flow space.
+        Returns (loss, stats of 0-d tensors, per-sample flow error (B,), t (B,))."""
+        if self.source_noise > 0:
+            z_image = z_image + self.source_noise * torch.randn_like(z_image)
+        l_flow, err, t = flow_loss(self.flow, z_image, z_text, flag_prob, t_dist=t_dist)
+        return l_flow, {"flow": l_flow.detach()}, err, t
+
+    @torch.no_grad()
+    def generate(self, z_image, steps=20, cfg_scale=I2T_CFG, generator=None, return_trajectory=False):
+        """z_image (B, N, D) -> text latents in flow space (B, N, D) (or the trajectory, see euler_sample)."""
+        if self.source_noise > 0:
+            noise = torch.randn(z_image.shape, generator=generator, device=z_image.device)
+            z_image = z_image + self.source_noise * noise
+        return euler_sample(self.flow, z_image, steps, cfg_scale, return_trajectory)
 
 
 def load_text_to_image(out_dir, device="cpu"):
@@ -273,3 +307,28 @@ def load_text_to_image(out_dir, device="cpu"):
     model.trained_on = ck["config"]["data"]  # what --data it was trained on: evaluate.py scores only Shapes models
     encoder = TextEncoder(mc["text_encoder"], num_tokens=mc["flow"]["num_tokens"])
     return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device), encoder.to(device))
+
+
+def load_image_to_text(out_dir, device="cpu"):
+    """A trained image-to-text run in `out_dir`: (model, tokenizer, text autoencoder, vocab), EMA weights, eval mode,
+    frozen. Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
+    import os
+    import tokenizer as tok
+    import text_decoder as td
+    from common import UserError, load_checkpoint
+    make = f"python train.py --task i2t --out-dir {out_dir}"
+    ck = load_checkpoint(os.path.join(out_dir, "i2t.pt"), expect_task="i2t", make_it=make)
+    tck = load_checkpoint(os.path.join(out_dir, "tokenizer.pt"), expect_task="tokenizer", make_it=make)
+    ack = load_checkpoint(os.path.join(out_dir, "textae.pt"), expect_task="textae", make_it=make)
+    mc = ck["model_config"]
+    for name, have, want in (("tokenizer", tok.fingerprint(tck), mc["tokenizer"]),
+                             ("textae", td.fingerprint(ack), mc["textae"])):
+        if have != want:
+            raise UserError(f"{out_dir}/{name}.pt is not the {name} {out_dir}/i2t.pt was trained on "
+                            f"({have} vs {want}); retrain with {make}")
+    model = ImageToText(FlowConfig(**mc["flow"]), mc.get("source_noise", 0.0))
+    model.load_state_dict(ck["ema"])
+    model.trained_on = ck["config"]["data"]
+    autoencoder, vocab = td.from_checkpoint(ack)
+    return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device),
+            autoencoder.to(device), vocab)

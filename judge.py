@@ -128,6 +128,13 @@ def accuracy(pred, truth):
     return out
 
 
+def read_captions(captions):
+    """What captions say (data.parse_caption), as class indices like `targets` (-1 where an attribute is missing):
+    image-to-text is scored by comparing these with the images' true attributes through `accuracy`."""
+    said = [data.parse_caption(c) for c in captions]
+    return torch.tensor([[data.ATTRIBUTES[k].index(s[k]) if s[k] is not None else -1 for k in ATTRS] for s in said])
+
+
 def frechet_distance(f1, f2):
     """Frechet distance between Gaussians fitted to two feature sets (N, F): |mu1 - mu2|^2 +
     tr(S1 + S2 - 2 (S1 S2)^(1/2)); tr((S1 S2)^(1/2)) is the sum of square roots of S1 S2's eigenvalues."""

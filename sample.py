@@ -1,12 +1,15 @@
 """
-Sample from a trained flowtok model: text -> image.
+Sample from trained flowtok models: text -> image (out/t2i.pt), image -> text (out/i2t.pt).
 
     python sample.py --prompt "a large red circle at the top" --prompt "a small blue square on the left"
     python sample.py --prompts prompts.txt --n 8 --steps 20 --cfg 2.0 --seed 0 --out samples.png
+    python sample.py --image photo.jpg --image drawing.png
 
-One row per prompt, --n images per row, EMA weights. A prompt's images depend only on (prompt, --seed, --n,
---steps, --cfg), not on the other prompts next to it. Prompts files: one prompt per line, or JSON lines with a
-"prompt" key (the format evaluate.py --prompts reads).
+Text to image: one row per prompt, --n images per row, EMA weights, written to --out. A prompt's images depend only
+on (prompt, --seed, --n, --steps, --cfg), not on the other prompts next to it. Prompts files: one prompt per line, or
+JSON lines with a "prompt" key (the format evaluate.py --prompts reads).
+Image to text: one line per image, "PATH: caption". Any image file PIL reads (PNG, JPEG, ...; grey, RGBA, palette),
+any size: resized and centre-cropped as in training. Greedy decoding unless --temperature is given.
 """
 import json
 import os
@@ -14,6 +17,7 @@ import os
 import torch
 
 from common import ArgumentParser, UserError, fail, pick_device, save_image_grid
+import data
 import flow
 
 
@@ -22,9 +26,14 @@ def get_args(argv=None):
     p.add_argument("--out-dir", default="out", help="where train.py wrote its checkpoints (default: out)")
     p.add_argument("--prompt", action="append", default=[], help="a caption to draw (repeatable)")
     p.add_argument("--prompts", metavar="FILE", help="a file of prompts: one per line, or JSON lines with 'prompt'")
+    p.add_argument("--image", action="append", default=[], help="an image to caption (repeatable)")
     p.add_argument("--n", type=int, default=4, help="images per prompt (default: 4)")
     p.add_argument("--steps", type=int, default=20, help="Euler steps (default: 20)")
-    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale; 1 = off (default: 2.0)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale; 1 = off (default: "
+                                             f"{flow.T2I_CFG} for images, "
+                                             f"{flow.I2T_CFG} for captions)")
+    p.add_argument("--temperature", type=float, default=0.0, help="captions: sampling temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, help="captions: sample among the k most likely tokens")
     p.add_argument("--use-mean", action="store_true", help="start from the projector's mean, not a sample "
                                                             "(one distinct image per prompt)")
     p.add_argument("--seed", type=int, default=0)
@@ -33,6 +42,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.n <= 0 or args.steps <= 0:
         p.error("--n and --steps must be positive")
+    if args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
+        p.error("--temperature must be >= 0 and --top-k positive")
     return args
 
 
@@ -58,7 +69,7 @@ def read_prompts(path):
 
 
 @torch.no_grad()
-def text_to_image(model, tokenizer, encoder, prompts, n=4, steps=20, cfg=2.0, seed=0, use_mean=False):
+def text_to_image(model, tokenizer, encoder, prompts, n=4, steps=20, cfg=flow.T2I_CFG, seed=0, use_mean=False):
     """prompts (list of P str) -> images (P * n, 3, H, W) in [0, 1], prompt-major. Every prompt gets the same
     source noise for a seed, so its images do not depend on which prompts share the batch."""
     device = next(model.parameters()).device
@@ -70,25 +81,67 @@ def text_to_image(model, tokenizer, encoder, prompts, n=4, steps=20, cfg=2.0, se
     return tokenizer.decode(tokenizer.from_flow(z)).clamp(0, 1)
 
 
+def read_image(path, size):
+    """An image file -> (3, size, size) in [0, 1], as training sees images; one clear line when it cannot be read."""
+    if os.path.isdir(path):
+        raise UserError(f"--image {path} is a directory, not an image file")
+    if not os.path.exists(path):
+        raise UserError(f"--image {path}: no such file")
+    try:
+        return data.pil_to_tensor(data.load_rgb(path, size))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise UserError(f"--image {path} is not a readable image ({type(e).__name__}: {str(e)[:80]})") from None
+
+
+@torch.no_grad()
+def image_to_text(model, tokenizer, autoencoder, vocab, images, steps=20, cfg=flow.I2T_CFG, temperature=0.0,
+                  top_k=None, seed=0):
+    """images (B, 3, H, W) in [0, 1] -> B captions: Z_I (posterior mean) -> flow -> Z_T -> decoder."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    z = model.generate(tokenizer.to_flow(tokenizer.encode(images.to(device))[0]), steps, cfg, generator=g)
+    ids = autoencoder.decoder.generate(autoencoder.from_flow(z), temperature=temperature, top_k=top_k,
+                                       generator=g if temperature > 0 else None)
+    return [vocab.decode(i) for i in ids]
+
+
 def main(argv=None):
     args = get_args(argv)
     try:
-        prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
-        if not prompts:
-            raise UserError("nothing to draw: give --prompt \"a large red circle at the top\" or --prompts FILE")
-        if any(not p.strip() for p in prompts):
-            raise UserError("empty prompt: every --prompt needs some text")
-        device = pick_device(args.device)
-        model, tokenizer, encoder = flow.load_text_to_image(args.out_dir, device)
-        long = [p for p in prompts if encoder.count_truncated([p])]
-        for p in long:
-            print(f"warning: prompt longer than {encoder.num_tokens} tokens, truncated: {p!r}")
-        images = text_to_image(model, tokenizer, encoder, prompts, args.n, args.steps, args.cfg, args.seed,
-                               args.use_mean)
-        save_image_grid(images, nrow=args.n, path=args.out, labels=[p[:40] for p in prompts])
+        if args.image:
+            caption_images(args)
+        if args.prompt or args.prompts or not args.image:
+            draw_prompts(args)
     except UserError as e:
         fail(str(e))
-    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} image(s), {args.steps} steps, cfg {args.cfg})")
+
+
+def caption_images(args):
+    device = pick_device(args.device)
+    model, tokenizer, autoencoder, vocab = flow.load_image_to_text(args.out_dir, device)
+    images = torch.stack([read_image(path, tokenizer.cfg.image_size) for path in args.image])
+    cfg = flow.I2T_CFG if args.cfg is None else args.cfg
+    for path, caption in zip(args.image, image_to_text(model, tokenizer, autoencoder, vocab, images, args.steps, cfg,
+                                                       args.temperature, args.top_k, args.seed)):
+        print(f"{path}: {caption}")
+
+
+def draw_prompts(args):
+    prompts = list(args.prompt) + (read_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise UserError("nothing to do: give --prompt \"a large red circle at the top\", --prompts FILE or "
+                        "--image PATH")
+    if any(not p.strip() for p in prompts):
+        raise UserError("empty prompt: every --prompt needs some text")
+    device = pick_device(args.device)
+    model, tokenizer, encoder = flow.load_text_to_image(args.out_dir, device)
+    long = [p for p in prompts if encoder.count_truncated([p])]
+    for p in long:
+        print(f"warning: prompt longer than {encoder.num_tokens} tokens, truncated: {p!r}")
+    cfg = flow.T2I_CFG if args.cfg is None else args.cfg
+    images = text_to_image(model, tokenizer, encoder, prompts, args.n, args.steps, cfg, args.seed, args.use_mean)
+    save_image_grid(images, nrow=args.n, path=args.out, labels=[p[:40] for p in prompts])
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} image(s), {args.steps} steps, cfg {cfg})")
 
 
 if __name__ == "__main__":

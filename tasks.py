@@ -21,6 +21,7 @@ import data
 import flow
 import judge
 import projector as pj
+import text_decoder as td
 import tokenizer as tok
 from common import UserError, atomic_save, load_checkpoint, save_image_grid
 from layers import gaussian_sample
@@ -131,16 +132,75 @@ def load_feature_net(path):
 
 
 T_BINS = 5  # the flow loss is logged per t in [0, 0.2), [0.2, 0.4), ...: where along the path the model struggles
-SAMPLE_STEPS, SAMPLE_CFG = 20, 2.0  # the preview grid's Euler steps and CFG scale (FLOWTOK.md: 20 steps, s = 2)
+SAMPLE_STEPS = 20  # the previews' Euler steps (FLOWTOK.md: 20 steps suffice); guidance: flow.T2I_CFG, flow.I2T_CFG
+
+
+class TBins:
+    """The flow loss per t-bin, summed between log lines."""
+
+    def __init__(self):
+        self.sum, self.count = torch.zeros(T_BINS), torch.zeros(T_BINS)
+
+    def add(self, err, t):
+        b = (t * T_BINS).long().clamp(max=T_BINS - 1).cpu()
+        self.sum.index_add_(0, b, err.float().cpu())
+        self.count.index_add_(0, b, torch.ones_like(err).float().cpu())
+
+    def pop(self):
+        out = {f"flow_t{i}": (self.sum[i] / self.count[i]).item() for i in range(T_BINS) if self.count[i] > 0}
+        self.sum.zero_()
+        self.count.zero_()
+        return out
+
+
+def load_frozen(out_dir, name, make_it):
+    """A finished checkpoint of task `name` from out_dir, or a UserError naming the command that makes it."""
+    path = os.path.join(out_dir, f"{name}.pt")
+    ck = load_checkpoint(path, expect_task=name, make_it=make_it)
+    if not ck.get("finished"):
+        raise UserError(f"{path} is an unfinished {name} run; finish it with "
+                        f"python train.py --task {name} --out-dir {out_dir} --resume")
+    return ck
 
 
 def load_frozen_tokenizer(out_dir):
-    path = os.path.join(out_dir, "tokenizer.pt")
-    ck = load_checkpoint(path, expect_task="tokenizer", make_it=f"python train.py --task tokenizer --out-dir {out_dir}")
-    if not ck.get("finished"):
-        raise UserError(f"{path} is an unfinished tokenizer run; finish it with "
-                        f"python train.py --task tokenizer --out-dir {out_dir} --resume")
+    ck = load_frozen(out_dir, "tokenizer", f"python train.py --task tokenizer --out-dir {out_dir}")
     return tok.from_checkpoint(ck), tok.fingerprint(ck)
+
+
+@torch.no_grad()
+def image_latents(tokenizer, fingerprint, dataset, cache, device):
+    """The tokenizer's posterior (mean, logvar) (M, N, D) of every image of `dataset`, on the CPU; computed once and
+    cached under the tokenizer's fingerprint. Each training step then draws a fresh Z_I from it."""
+    path = os.path.join(cache, f"latents-{fingerprint}-{dataset.cache_key()}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    images = data.image_tensor(dataset, cache_dir=cache, desc="train set")
+    from tqdm import tqdm
+    moments = [tokenizer.encode(images[i: i + 256].to(device).float() / 255.0)
+               for i in tqdm(range(0, len(images), 256), desc="encoding images", leave=False, mininterval=2)]
+    out = {k: torch.cat([m[j] for m in moments]).cpu() for j, k in enumerate(("mean", "logvar"))}
+    atomic_save(out, path)
+    return out
+
+
+def embed_unique(encoder, captions, cache):
+    """Captions -> (unique captions (U,), their embeddings (U, N, C) fp16, index (M,) into them): templated captions
+    repeat a lot, and the encoder runs once per distinct caption, cached on disk."""
+    unique = sorted(set(captions))
+    where = {c: i for i, c in enumerate(unique)}
+    n_long = encoder.count_truncated(unique)
+    if n_long:
+        print(f"note: {n_long} of {len(unique)} distinct captions are longer than {encoder.num_tokens} "
+              f"text-encoder tokens and were truncated")
+    return unique, pj.embed_captions(encoder, unique, cache), torch.tensor([where[c] for c in captions])
+
+
+def shapes_truth(val_set, n):
+    """Attributes of the first n samples of a Shapes split, or None for real data."""
+    if not isinstance(val_set, data.ShapesDataset):
+        return None
+    return [data.sample_params(val_set.split, i, val_set.seed)[0] for i in range(n)]
 
 
 class T2ITask:
@@ -151,7 +211,7 @@ class T2ITask:
 
     def __init__(self, args):
         self.args = args
-        self.tokenizer, self.fingerprint = load_frozen_tokenizer(args.out_dir)
+        self.tokenizer, fingerprint = load_frozen_tokenizer(args.out_dir)
         tcfg = self.tokenizer.cfg
         self.image_size, N, D = tcfg.image_size, tcfg.num_latents, tcfg.latent_dim
         self.encoder = pj.TextEncoder(args.text_encoder, num_tokens=N)  # N text tokens = N image tokens
@@ -160,44 +220,18 @@ class T2ITask:
         fcfg = flow.FlowConfig(**{**vars(flow.PRESETS[args.preset]), "num_tokens": N, "token_dim": D})
         self.model = flow.TextToImage(pcfg, fcfg)
         self.model_config = {"projector": vars(pcfg), "flow": vars(fcfg), "text_encoder": args.text_encoder,
-                             "tokenizer": self.fingerprint}
-        self.tsum, self.tcount = torch.zeros(T_BINS), torch.zeros(T_BINS)
+                             "tokenizer": fingerprint}
+        self.tbins = TBins()
 
     def to(self, device):
         self.device = device
         self.tokenizer.to(device)
         self.encoder.to(device)
 
-    @torch.no_grad()
-    def encode_images(self, images):
-        """uint8 images (M, 3, H, W) -> the tokenizer's posterior mean and logvar (M, N, D), on the CPU."""
-        from tqdm import tqdm
-        moments = [self.tokenizer.encode(images[i: i + 256].to(self.device).float() / 255.0)
-                   for i in tqdm(range(0, len(images), 256), desc="encoding images", leave=False, mininterval=2)]
-        return {k: torch.cat([m[j] for m in moments]).cpu() for j, k in enumerate(("mean", "logvar"))}
-
-    def embed(self, captions, cache):
-        """Captions -> (unique embeddings (U, N, C) fp16, index (M,)): templated captions repeat a lot."""
-        unique = sorted(set(captions))
-        where = {c: i for i, c in enumerate(unique)}
-        n_long = self.encoder.count_truncated(unique)
-        if n_long:
-            print(f"note: {n_long} of {len(unique)} distinct captions are longer than {self.encoder.num_tokens} "
-                  f"tokens and were truncated")
-        return pj.embed_captions(self.encoder, unique, cache), torch.tensor([where[c] for c in captions])
-
     def prepare(self, train_set, val_set, cache, master_first):
-        def latents():
-            path = os.path.join(cache, f"latents-{self.fingerprint}-{train_set.cache_key()}.pt")
-            if os.path.exists(path):
-                return torch.load(path)
-            images = data.image_tensor(train_set, cache_dir=cache, desc="train set")
-            out = self.encode_images(images)
-            atomic_save(out, path)
-            return out
-        self.latents = master_first(latents)
+        self.latents = master_first(lambda: image_latents(self.tokenizer, self.model_config["tokenizer"], train_set, cache, self.device))
         captions = [train_set.caption(i) for i in range(len(train_set))]
-        self.text, self.text_index = master_first(lambda: self.embed(captions, cache))
+        _, self.text, self.text_index = master_first(lambda: embed_unique(self.encoder, captions, cache))
         # validation: the first 256 val pairs (flow loss), and 8 fixed prompts (the preview grid)
         n_val = min(256, len(val_set))
         self.val_text = self.encoder([val_set.caption(i) for i in range(n_val)]).to(self.device)
@@ -215,17 +249,12 @@ class T2ITask:
     def loss(self, model, batch):
         loss, stats, err, t = model(batch["text"], batch["z"], self.args.kl_weight, self.args.align_weight,
                                     self.args.cfg_prob, self.args.gather_negatives, self.args.t_dist)
-        b = (t * T_BINS).long().clamp(max=T_BINS - 1).cpu()
-        self.tsum.index_add_(0, b, err.float().cpu())
-        self.tcount.index_add_(0, b, torch.ones_like(err).float().cpu())
+        self.tbins.add(err, t)
         return loss, stats
 
     def pop_log(self):
         """The flow loss per t-bin, averaged over the steps since the last log line."""
-        out = {f"flow_t{i}": (self.tsum[i] / self.tcount[i]).item() for i in range(T_BINS) if self.tcount[i] > 0}
-        self.tsum.zero_()
-        self.tcount.zero_()
-        return out
+        return self.tbins.pop()
 
     @torch.no_grad()
     def validate(self, ema, path):
@@ -238,12 +267,12 @@ class T2ITask:
         flags = torch.zeros(len(t), dtype=torch.long, device=self.device)
         val_flow = (ema.flow(x_t, t, flags) - v).pow(2).mean().item()
         text = self.encoder(self.prompts).to(self.device).repeat_interleave(8, 0)
-        z = ema.generate(text, SAMPLE_STEPS, SAMPLE_CFG, generator=g)
+        z = ema.generate(text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
         images = self.tokenizer.decode(self.tokenizer.from_flow(z))
         save_image_grid(images, nrow=8, path=path, labels=self.prompts)
         out = {"val_flow": val_flow}
         if self.judge is not None:  # one sample per validation caption, read by the judge
-            z = ema.generate(self.val_text, SAMPLE_STEPS, SAMPLE_CFG, generator=g)
+            z = ema.generate(self.val_text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
             _, pred = judge.predict(self.judge, self.tokenizer.decode(self.tokenizer.from_flow(z)).clamp(0, 1))
             out.update({f"val_{k}": v for k, v in judge.accuracy(pred.cpu(), self.val_truth).items()})
         return out
@@ -252,4 +281,173 @@ class T2ITask:
         return {}
 
 
-TASK_CLASSES = {"tokenizer": TokenizerTask, "t2i": T2ITask}
+# -----------------------------------------------------------------------------
+# Image-to-text: first the text autoencoder (its projector makes the flow's targets, its decoder reads the flow's
+# output), then the flow from image tokens to text tokens on both frozen halves.
+
+def text_token_shape(args):
+    """(N, D) of Z_T: the tokenizer's (N, D) when --out-dir holds one, since the image-to-text flow needs the two
+    equal; else the preset's (or --num-tokens)."""
+    path = os.path.join(args.out_dir, "tokenizer.pt")
+    if os.path.exists(path):
+        cfg = load_checkpoint(path, expect_task="tokenizer")["model_config"]
+        return cfg["num_latents"], cfg["latent_dim"]
+    cfg = pj.PRESETS[args.preset]
+    return args.num_tokens or cfg.num_tokens, cfg.token_dim
+
+
+class TextAETask:
+    """The text autoencoder (text_decoder.py): projector -> Z_T -> decoder, token cross-entropy (+ kl_weight * KL) on
+    the training captions, whose text-encoder embeddings are computed once and cached. The vocabulary comes from the
+    training captions, so the model is built in prepare(). Preview: validation captions and their reconstructions."""
+
+    def __init__(self, args):
+        self.args = args
+        N, D = text_token_shape(args)
+        self.encoder = pj.TextEncoder(args.text_encoder, num_tokens=N)
+        self.pcfg = pj.ProjectorConfig(**{**vars(pj.PRESETS[args.preset]), "text_dim": self.encoder.dim,
+                                          "num_tokens": N, "token_dim": D})
+        self.image_size = args.image_size or 32  # only the captions are read; the size just opens the dataset
+        self.model = None
+
+    def to(self, device):
+        self.device = device
+        self.encoder.to(device)
+
+    def prepare(self, train_set, val_set, cache, master_first):
+        captions = [train_set.caption(i) for i in range(len(train_set))]
+        self.unique, self.text, self.text_index = master_first(lambda: embed_unique(self.encoder, captions, cache))
+        self.vocab = td.Vocab.build(self.unique)
+        pcfg = self.pcfg
+        dcfg = td.DecoderConfig(**{**vars(td.PRESETS[self.args.preset]), "vocab_size": len(self.vocab),
+                                   "num_tokens": pcfg.num_tokens, "token_dim": pcfg.token_dim})
+        self.inputs, self.targets, n_cut = td.pack(self.vocab, self.unique, dcfg.max_len)
+        if n_cut:
+            print(f"note: {n_cut} of {len(self.unique)} distinct captions are {dcfg.max_len} tokens or longer and were "
+                  f"cut (the decoder's max_len)")
+        torch.manual_seed(self.args.seed)  # the model is built here, identically on every rank
+        self.model = td.TextAutoencoder(pcfg, dcfg)
+        self.model_config = {"projector": vars(pcfg), "decoder": vars(dcfg), "vocab": self.vocab.state(),
+                             "text_encoder": self.args.text_encoder}
+        n_val = min(256, len(val_set))
+        self.val_captions = [val_set.caption(i) for i in range(n_val)]
+        self.val_text = self.encoder(self.val_captions).to(self.device)
+        self.val_inputs, self.val_targets, _ = (x.to(self.device) if torch.is_tensor(x) else x for x in
+                                                td.pack(self.vocab, self.val_captions, dcfg.max_len))
+        print(f"text autoencoder: {len(self.unique)} distinct captions, vocabulary of {len(self.vocab)} tokens")
+        return len(captions)
+
+    def batch(self, idx):
+        j = self.text_index[idx]
+        L = int((self.targets[j] != td.IGNORE).sum(1).max())  # no compute on columns that are padding throughout
+        return {"text": self.text[j].to(self.device).float(), "inputs": self.inputs[j, :L].to(self.device),
+                "targets": self.targets[j, :L].to(self.device)}
+
+    def loss(self, model, batch):
+        return model(batch["text"], batch["inputs"], batch["targets"], self.args.kl_weight)
+
+    def pop_log(self):
+        return {}
+
+    @torch.no_grad()
+    def validate(self, ema, path):
+        """Cross-entropy (projector mean) and greedy exact-match rate on validation captions; the first 8 captions
+        and their reconstructions go to the preview, as text."""
+        mean, _ = ema.projector(self.val_text)
+        logits = ema.decoder(mean, self.val_inputs)
+        ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.val_targets.flatten(), ignore_index=td.IGNORE)
+        recon = [self.vocab.decode(ids) for ids in ema.reconstruct(self.val_text)]
+        exact = sum(r == c for r, c in zip(recon, self.val_captions)) / len(recon)
+        with open(os.path.splitext(path)[0] + ".txt", "w") as f:
+            f.writelines(f"{c}\n  -> {r}\n" for c, r in list(zip(self.val_captions, recon))[:8])
+        return {"val_ce": ce.item(), "val_exact": exact}
+
+    @torch.no_grad()
+    def finish(self, ema):
+        """Measure Z_T's scale factor on the training captions and store it in the (EMA) weights."""
+        ema.latent_scale.fill_(td.measure_latent_scale(ema, self.text.to(self.device)).item())
+        return {"latent_scale": ema.latent_scale.item()}
+
+
+class I2TTask:
+    """Image-to-text (FLOWTOK.md): the flow from the tokenizer's image tokens (source) to the text autoencoder's text
+    tokens (target), both frozen, L = L_flow only. Both are precomputed: the image posterior of every training image
+    (cached, as for t2i) and the projector's (mean, logvar) of every distinct training caption; each step draws fresh
+    samples from both. Previews: captions of validation images, and on Shapes how many attributes they get right."""
+
+    def __init__(self, args):
+        self.args = args
+        self.tokenizer, tok_fp = load_frozen_tokenizer(args.out_dir)
+        ack = load_frozen(args.out_dir, "textae", f"python train.py --task textae --out-dir {args.out_dir}")
+        self.autoencoder, self.vocab = td.from_checkpoint(ack)
+        tcfg, acfg = self.tokenizer.cfg, ack["model_config"]["projector"]
+        N, D = tcfg.num_latents, tcfg.latent_dim
+        if (acfg["num_tokens"], acfg["token_dim"]) != (N, D):
+            raise UserError(f"{args.out_dir}/textae.pt makes {acfg['num_tokens']} x {acfg['token_dim']} text tokens "
+                            f"but the tokenizer makes {N} x {D}; retrain it: python train.py --task textae "
+                            f"--out-dir {args.out_dir}")
+        self.encoder = pj.TextEncoder(ack["model_config"]["text_encoder"], num_tokens=N)
+        self.image_size = tcfg.image_size
+        fcfg = flow.FlowConfig(**{**vars(flow.PRESETS[args.preset]), "num_tokens": N, "token_dim": D})
+        self.model = flow.ImageToText(fcfg, args.source_noise)
+        self.model_config = {"flow": vars(fcfg), "tokenizer": tok_fp, "textae": td.fingerprint(ack),
+                             "source_noise": args.source_noise}
+        self.tbins = TBins()
+
+    def to(self, device):
+        self.device = device
+        for m in (self.tokenizer, self.autoencoder, self.encoder):
+            m.to(device)
+
+    @torch.no_grad()
+    def prepare(self, train_set, val_set, cache, master_first):
+        self.latents = master_first(lambda: image_latents(self.tokenizer, self.model_config["tokenizer"], train_set,
+                                                          cache, self.device))
+        captions = [train_set.caption(i) for i in range(len(train_set))]
+        _, text, self.text_index = master_first(lambda: embed_unique(self.encoder, captions, cache))
+        moments = [self.autoencoder.projector(t.to(self.device).float()) for t in text.split(512)]
+        self.text_mean, self.text_logvar = (torch.cat([m[j] for m in moments]).cpu() for j in range(2))
+        n_val = min(256, len(val_set))
+        self.val_images = torch.stack([val_set[i]["image"] for i in range(n_val)]).to(self.device)
+        self.val_z = self.tokenizer.to_flow(self.tokenizer.encode(self.val_images)[0])
+        val_mean, _ = self.autoencoder.projector(self.encoder([val_set.caption(i) for i in range(n_val)]).to(self.device))
+        self.val_target = self.autoencoder.to_flow(val_mean)
+        attrs = shapes_truth(val_set, n_val)
+        self.val_truth = None if attrs is None else judge.targets(attrs)
+        return len(train_set)
+
+    def batch(self, idx):
+        z_image = self.tokenizer.to_flow(gaussian_sample(self.latents["mean"][idx], self.latents["logvar"][idx]))
+        j = self.text_index[idx]
+        z_text = self.autoencoder.to_flow(gaussian_sample(self.text_mean[j], self.text_logvar[j]))
+        return {"z_image": z_image.to(self.device), "z_text": z_text.to(self.device)}  # (B, N, D) each
+
+    def loss(self, model, batch):
+        loss, stats, err, t = model(batch["z_image"], batch["z_text"], self.args.cfg_prob, self.args.t_dist)
+        self.tbins.add(err, t)
+        return loss, stats
+
+    def pop_log(self):
+        return self.tbins.pop()
+
+    @torch.no_grad()
+    def validate(self, ema, path):
+        """Flow loss on validation pairs (fixed t grid, no flags); captions of the validation images (greedy); on
+        Shapes the attributes those captions get right. Preview: the first 8 images with their captions."""
+        t = torch.linspace(0.02, 0.98, len(self.val_z), device=self.device)
+        x_t, v = flow.interpolate(self.val_z, self.val_target, t)
+        flags = torch.zeros(len(t), dtype=torch.long, device=self.device)
+        out = {"val_flow": (ema.flow(x_t, t, flags) - v).pow(2).mean().item()}
+        g = torch.Generator(device=self.device).manual_seed(0)
+        z = self.autoencoder.from_flow(ema.generate(self.val_z, SAMPLE_STEPS, flow.I2T_CFG, generator=g))
+        captions = [self.vocab.decode(ids) for ids in self.autoencoder.decoder.generate(z)]
+        save_image_grid(self.val_images[:8], nrow=1, path=path, labels=captions[:8])
+        if self.val_truth is not None:
+            out.update({f"val_{k}": v for k, v in judge.accuracy(judge.read_captions(captions), self.val_truth).items()})
+        return out
+
+    def finish(self, ema):
+        return {}
+
+
+TASK_CLASSES = {"tokenizer": TokenizerTask, "t2i": T2ITask, "textae": TextAETask, "i2t": I2TTask}

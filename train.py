@@ -3,7 +3,11 @@ Train a flowtok model. One file, one loop; each --task (tasks.py) only says what
 
     --task tokenizer   the 1D image tokenizer (tokenizer.py)                     -> out/tokenizer.pt
     --task t2i         text-to-image: projector + flow (projector.py, flow.py)   -> out/t2i.pt
-                       on the frozen tokenizer in the same --out-dir (trained first if it is missing)
+                       on the frozen tokenizer in the same --out-dir
+    --task textae      text autoencoder: projector + text decoder (text_decoder.py) -> out/textae.pt
+    --task i2t         image-to-text: the flow from image tokens to text tokens  -> out/i2t.pt
+                       on the frozen tokenizer and text autoencoder in the same --out-dir
+A task whose frozen inputs are missing trains them first, each with its own defaults.
 
 Launch:
     1 CPU or 1 GPU (auto-detected: cuda, then mps, then cpu):
@@ -51,7 +55,12 @@ TASK_DEFAULTS = {
     "t2i": dict(preset="cpu", batch_size=128, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                 kl_weight=1e-4, align_weight=1.0),
+    "textae": dict(preset="cpu", batch_size=128, max_steps=500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                   warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0),
+    "i2t": dict(preset="cpu", batch_size=128, max_steps=3000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999),
 }
+PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
 TASKS = tuple(TASK_DEFAULTS)
 
 
@@ -65,7 +74,7 @@ def get_args(argv=None):
                    help="'shapes' (embedded, rendered on the fly), a COCO captions_*.json or COCO root, or a folder "
                         "of images with .txt captions or a captions.jsonl")
     p.add_argument("--preset", help=f"model size preset (tokenizer: {', '.join(tok.PRESETS)}; "
-                                    f"t2i: {', '.join(flow.PRESETS)})")
+                                    f"t2i, textae, i2t: {', '.join(flow.PRESETS)})")
     p.add_argument("--image-size", type=int, help="override the preset's image resolution")
     p.add_argument("--num-tokens", type=int, help="override N, the number of latent tokens (= text length)")
     p.add_argument("--num-train", type=int, help="use only the first N training samples")
@@ -79,16 +88,19 @@ def get_args(argv=None):
     p.add_argument("--beta2", type=float, help="AdamW beta2 (beta1 is 0.9)")
     p.add_argument("--grad-clip", type=float, help="clip the global gradient norm (0: off)")
     p.add_argument("--ema-decay", type=float, help="EMA of the weights (warmed up as min(decay, (1+s)/(10+s)))")
-    p.add_argument("--kl-weight", type=float, help="weight of the KL term (t2i: gamma1, on the text projector)")
+    p.add_argument("--kl-weight", type=float, help="weight of the KL term (t2i: gamma1, on the text projector; textae: "
+                                                            "on its projector, 0 in the paper)")
     p.add_argument("--align-weight", type=float, help="t2i: weight of the text alignment loss (gamma2)")
     p.add_argument("--text-encoder", default=pj.DEFAULT_TEXT_ENCODER,
-                   help="t2i: frozen text encoder: the embedded all-minilm-l6-v2, or a local folder / local Hugging "
+                   help="t2i, textae: frozen text encoder: the embedded all-minilm-l6-v2, or a local folder / local Hugging "
                         "Face cache name of a CLIP text model (e.g. openai/clip-vit-large-patch14)")
     p.add_argument("--cfg-prob", type=float, default=flow.CFG_FLAG_PROB,
-                   help="t2i: probability of the CFG indicator flag (flagged targets are shuffled)")
+                   help="t2i, i2t: probability of the CFG indicator flag (flagged targets are shuffled)")
     p.add_argument("--t-dist", choices=flow.T_DISTRIBUTIONS, default="uniform",
-                   help="t2i: how training draws t along the path (default: uniform; logit-normal is the paper's, "
+                   help="t2i, i2t: how training draws t along the path (default: uniform; logit-normal is the paper's, "
                         "and with a text source it barely trains the start of the path: README, Results)")
+    p.add_argument("--source-noise", type=float, default=0.0,
+                   help="i2t: std of Gaussian noise added to the image tokens (flow units), in training and sampling")
     p.add_argument("--gather-negatives", action="store_true",
                    help="t2i under torchrun: alignment-loss negatives from every process's batch")
     p.add_argument("--edge-weight", type=float, help="tokenizer: weight of the L2 between image gradients (edges)")
@@ -109,9 +121,11 @@ def get_args(argv=None):
     for k, v in TASK_DEFAULTS[args.task].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
-    presets = {"tokenizer": tok.PRESETS, "t2i": flow.PRESETS}[args.task]
+    presets = tok.PRESETS if args.task == "tokenizer" else flow.PRESETS
     if args.preset not in presets:
         p.error(f"--preset {args.preset!r} is not a {args.task} preset; choose one of {', '.join(presets)}")
+    if args.source_noise < 0:
+        p.error(f"--source-noise must be >= 0, got {args.source_noise}")
     if not 0 <= args.cfg_prob < 1:
         p.error(f"--cfg-prob must be in [0, 1), got {args.cfg_prob}")
     for name in ("batch_size", "max_steps", "log_every", "save_every", "sample_every"):
@@ -186,8 +200,22 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     ckpt_path = os.path.join(args.out_dir, f"{args.task}.pt")
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     task = tasks.TASK_CLASSES[args.task](args)
-    model = task.model.to(device)
     task.to(device)
+
+    # Data: prepared once into out/cache (images as one uint8 tensor; the flows add latents and text embeddings).
+    train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
+    val_set = data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
+
+    def master_first(make):
+        """Rank 0 computes (and caches) first; the other ranks then read its cache."""
+        out = make() if master else None
+        if world > 1:
+            torch.distributed.barrier()
+        return out if master else make()
+
+    n_train = task.prepare(train_set, val_set, os.path.join(args.out_dir, "cache"), master_first)
+
+    model = task.model.to(device)  # built by the task's constructor, or by prepare() when it depends on the data
     ema = copy.deepcopy(model).requires_grad_(False)  # the weights that get saved for sampling
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
@@ -215,18 +243,6 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
         elif master:
             print(f"--resume: no checkpoint at {ckpt_path} yet, starting from scratch")
 
-    # Data: prepared once into out/cache (images as one uint8 tensor; t2i adds latents and text embeddings).
-    train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
-    val_set = data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
-
-    def master_first(make):
-        """Rank 0 computes (and caches) first; the other ranks then read its cache."""
-        out = make() if master else None
-        if world > 1:
-            torch.distributed.barrier()
-        return out if master else make()
-
-    n_train = task.prepare(train_set, val_set, os.path.join(args.out_dir, "cache"), master_first)
     if master:
         skipped = getattr(train_set, "skipped", 0)
         print(f"data: {args.data}: {len(train_set)} training images at {task.image_size}px"
@@ -323,25 +339,27 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
         print(f"done: {ckpt_path}" + (f" ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})" if extra else ""))
 
 
-def tokenizer_is_ready(out_dir):
-    path = os.path.join(out_dir, "tokenizer.pt")
-    return os.path.exists(path) and load_checkpoint(path, expect_task="tokenizer").get("finished", False)
+def is_finished(out_dir, task):
+    path = os.path.join(out_dir, f"{task}.pt")
+    return os.path.exists(path) and load_checkpoint(path, expect_task=task).get("finished", False)
 
 
 def main(argv=None):
     args = get_args(argv)
     try:
         rank, world, device = setup_distributed(args.device)
-        if args.task == "t2i" and not tokenizer_is_ready(args.out_dir):
-            # t2i flows into a frozen tokenizer's latents: a fresh clone trains that first, with its own defaults
+        for need in PREREQUISITES.get(args.task, ()):
+            # the flows run on frozen networks: a fresh clone trains those first, each with its own defaults
+            if is_finished(args.out_dir, need):
+                continue
             if rank == 0:
-                print(f"notice: no trained tokenizer in {args.out_dir}; training it first "
-                      f"(python train.py --task tokenizer --out-dir {args.out_dir}), then t2i")
-            tok_argv = ["--task", "tokenizer", "--out-dir", args.out_dir, "--data", args.data, "--seed",
-                        str(args.seed), "--device", args.device, "--resume"]
+                print(f"notice: no trained {need} in {args.out_dir}; training it first "
+                      f"(python train.py --task {need} --out-dir {args.out_dir}), then {args.task}")
+            need_argv = ["--task", need, "--out-dir", args.out_dir, "--data", args.data, "--seed", str(args.seed),
+                         "--device", args.device, "--text-encoder", args.text_encoder, "--resume"]
             if args.num_train:
-                tok_argv += ["--num-train", str(args.num_train)]
-            train(get_args(tok_argv), rank, world, device)
+                need_argv += ["--num-train", str(args.num_train)]
+            train(get_args(need_argv), rank, world, device)
         train(args, rank, world, device)
         if world > 1:
             torch.distributed.destroy_process_group()

@@ -1,0 +1,227 @@
+"""Image-to-text: the text decoder and its vocabulary, the captioning metrics, and train.py --task textae / i2t,
+sample.py --image and evaluate.py --task i2t end to end on tiny models."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import text_decoder as td
+from test_train import run, assert_one_line_error
+
+CAPTIONS = ["a small red circle in the top left", "there is a big box on the right and it is blue",
+            "a green triangle, tiny, at the bottom"]
+
+
+def tiny_decoder(vocab, N=4, D=8):
+    torch.manual_seed(0)
+    return td.TextDecoder(td.DecoderConfig(**{**vars(td.PRESETS["tiny"]), "vocab_size": len(vocab), "num_tokens": N,
+                                              "token_dim": D}))
+
+
+# -----------------------------------------------------------------------------
+# Vocabulary and packing
+
+VOCAB = td.Vocab.build(CAPTIONS)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_vocab_round_trips_any_unicode(text):
+    ids = VOCAB.encode(text)
+    assert all(0 < i < len(VOCAB) for i in ids)  # never the end token, always in range
+    assert VOCAB.decode(ids) == text
+
+
+def test_vocab_is_small_and_keeps_caption_tokens_whole():
+    assert len(VOCAB) < 300  # end token + 256 bytes + the captions' tokens
+    assert VOCAB.ids[td.EOT] == VOCAB.enc.eot_token
+    for c in CAPTIONS:  # a training caption never falls back to bytes: as many ids as tiktoken tokens
+        assert len(VOCAB.encode(c)) == len(VOCAB.enc.encode_ordinary(c))
+    assert len(VOCAB.encode("zebra")) > len(VOCAB.enc.encode_ordinary("zebra"))  # unseen: spelled with bytes
+    again = td.Vocab(**VOCAB.state())
+    assert again.encode(CAPTIONS[1]) == VOCAB.encode(CAPTIONS[1])
+
+
+def test_pack_shifts_targets_by_one_and_counts_cut_captions():
+    ids = VOCAB.encode(CAPTIONS[0])
+    inputs, targets, n_cut = td.pack(VOCAB, [CAPTIONS[0], CAPTIONS[1]], max_len=len(ids) + 1)
+    assert inputs[0].tolist() == [td.EOT] + ids
+    assert targets[0].tolist() == ids + [td.EOT]
+    assert n_cut == 1  # the second caption is longer than max_len
+    assert (targets[1] != td.IGNORE).all() and td.EOT not in targets[1].tolist()
+    inputs, targets, _ = td.pack(VOCAB, ["a"], max_len=5)
+    assert targets[0].tolist()[2:] == [td.IGNORE] * 3 and inputs[0].tolist()[2:] == [td.EOT] * 3
+
+
+# -----------------------------------------------------------------------------
+# The decoder
+
+def test_decoder_shapes_and_causal_mask():
+    d = tiny_decoder(VOCAB).eval()
+    z = torch.randn(2, 4, 8)
+    ids = torch.randint(0, len(VOCAB), (2, 7))
+    logits = d(z, ids)
+    assert logits.shape == (2, 7, len(VOCAB))
+    j = 4
+    ids2 = ids.clone()
+    ids2[:, j] = (ids[:, j] + 1) % len(VOCAB)
+    logits2 = d(z, ids2)
+    assert torch.allclose(logits[:, :j], logits2[:, :j], atol=1e-6)  # the future cannot change the past
+    assert not torch.allclose(logits[:, j:], logits2[:, j:])
+    logits3 = d(z + 1.0, ids)
+    assert (logits3 - logits).abs().amax(-1).min() > 1e-4  # every position sees the prefix Z_T
+
+
+def test_generate_greedy_top_k_and_end_token(monkeypatch):
+    d = tiny_decoder(VOCAB).eval()
+    scripts = [[5, 9, 7, td.EOT], [5, 9, td.EOT]]  # a fake model: what each sample says, token by token
+
+    def fake_forward(z, ids):
+        L = ids.shape[1]
+        logits = torch.zeros(z.shape[0], L, len(VOCAB))
+        for b, script in enumerate(scripts):
+            logits[b, -1, script[min(L - 1, len(script) - 1)]] = 10.0
+        return logits
+
+    monkeypatch.setattr(d, "forward", fake_forward)
+    z = torch.zeros(2, 4, 8)
+    assert d.generate(z) == [[5, 9, 7], [5, 9]]
+    assert d.generate(z, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0)) == [[5, 9, 7], [5, 9]]
+    assert d.generate(z, max_len=2) == [[5, 9], [5, 9]]  # cut at max_len, no end token needed
+
+
+# -----------------------------------------------------------------------------
+# Metrics (pycocoevalcap), checked by hand
+
+def test_caption_metrics_on_a_hand_checked_example():
+    from evaluate import caption_metrics
+    # "a red circle at the" against "a red circle at the top": every n-gram of the hypothesis is in the reference,
+    # so BLEU-4 is the brevity penalty exp(1 - 6/5) = 0.8187; ROUGE-L: LCS 5, P = 1, R = 5/6, beta = 1.2:
+    # F = (1 + 1.44) P R / (R + 1.44 P) = 0.8944
+    m = caption_metrics([["a red circle at the top"]], ["a red circle at the"], meteor=False)
+    assert m["bleu4"] == pytest.approx(0.81873, abs=1e-4)
+    assert m["rougeL"] == pytest.approx(0.89443, abs=1e-4)
+    # CIDEr-D: hypotheses equal to their (distinct) references score 10 (cosine 1 for n = 1..4, times 10); nothing
+    # in common scores 0. Punctuation and case do not count (PTB tokenization).
+    refs = [["a red circle at the top"], ["there is a big blue box"]]
+    same = caption_metrics(refs, ["A red circle, at the top.", "there is a big blue box"], meteor=False)
+    assert same["cider"] == pytest.approx(10.0) and same["bleu4"] == pytest.approx(1.0, abs=1e-6)
+    assert caption_metrics(refs, ["green", "purple"], meteor=False)["cider"] == pytest.approx(0.0)
+
+
+# -----------------------------------------------------------------------------
+# End to end on tiny models
+
+TOK = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16", "--max-steps", "30",
+       "--lr", "3e-3", "--sample-every", "1000"]
+AE = ["--task", "textae", "--preset", "tiny", "--num-train", "512", "--batch-size", "32", "--lr", "3e-3",
+      "--log-every", "10", "--sample-every", "60", "--save-every", "1000"]
+I2T = ["--task", "i2t", "--preset", "tiny", "--num-train", "256", "--batch-size", "32", "--lr", "3e-3",
+       "--log-every", "5", "--sample-every", "40", "--save-every", "1000"]
+
+
+def read_log(out_dir, task):
+    with open(os.path.join(out_dir, f"{task}_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("i2t") / "out")
+    run("train.py", *TOK, "--out-dir", out)
+    run("train.py", *AE, "--max-steps", "120", "--out-dir", out)
+    run("train.py", *I2T, "--max-steps", "40", "--out-dir", out)
+    return out
+
+
+def test_textae_learns_the_captions(trained):
+    log = read_log(trained, "textae")
+    train_recs = [r for r in log if "ce" in r]
+    assert train_recs[-1]["ce"] < 0.5 * train_recs[0]["ce"], (train_recs[0], train_recs[-1])
+    assert train_recs[-1]["token_acc"] > train_recs[0]["token_acc"]
+    evals = [r for r in log if "val_ce" in r]
+    assert [r["step"] for r in evals] == [60, 120] and evals[1]["val_ce"] < evals[0]["val_ce"]
+    ck = torch.load(os.path.join(trained, "textae.pt"), weights_only=False)
+    assert ck["finished"] and ck["model_config"]["decoder"]["vocab_size"] == len(ck["model_config"]["vocab"]["ids"])
+    assert ck["model_config"]["projector"]["num_tokens"] == 8  # the tiny tokenizer's N, read from tokenizer.pt
+    assert ck["ema"]["latent_scale"].item() != 1.0  # measured at the end
+    assert os.path.getsize(os.path.join(trained, "textae_preview.txt")) > 0
+
+
+def test_i2t_trains_and_logs_what_it_should(trained):
+    log = read_log(trained, "i2t")
+    train_recs = [r for r in log if "loss" in r]
+    assert train_recs[-1]["flow"] < 0.8 * train_recs[0]["flow"]
+    assert "flow_t0" in train_recs[-1]
+    evals = [r for r in log if "val_flow" in r]
+    assert [r["step"] for r in evals] == [40] and 0 <= evals[0]["val_acc_all"] <= 1
+    ck = torch.load(os.path.join(trained, "i2t.pt"), weights_only=False)
+    assert ck["finished"] and ck["model_config"]["textae"].startswith("textae-step120")
+    assert os.path.getsize(os.path.join(trained, "i2t_preview.png")) > 0
+
+
+def test_textae_resume_is_exact(trained, tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for d in (a, b):
+        os.makedirs(d)
+        shutil.copy(os.path.join(trained, "tokenizer.pt"), d)
+    run("train.py", *AE, "--max-steps", "12", "--log-every", "2", "--out-dir", a)
+    run("train.py", *AE, "--max-steps", "12", "--log-every", "2", "--out-dir", b, "--stop-at-step", "6")
+    run("train.py", *AE, "--max-steps", "12", "--log-every", "2", "--out-dir", b, "--resume")
+    losses = lambda d: [(r["step"], r["loss"]) for r in read_log(d, "textae") if "loss" in r]
+    assert losses(a) == losses(b) and len(losses(a)) == 6
+    ea = torch.load(os.path.join(a, "textae.pt"), weights_only=False)["ema"]
+    eb = torch.load(os.path.join(b, "textae.pt"), weights_only=False)["ema"]
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+
+
+def test_sample_captions_images_of_every_kind(trained, tmp_path):
+    from PIL import Image
+    import data
+    img = data.render({"shape": "circle", "color": "red", "size": "large", "position": "top"}, size=64)
+    paths = {"rgb.png": img, "grey.png": img.convert("L"), "rgba.png": img.convert("RGBA"),
+             "palette.png": img.convert("P"), "wide.jpg": img.resize((300, 80))}
+    for name, im in paths.items():
+        im.save(tmp_path / name)
+    args = [a for name in paths for a in ("--image", str(tmp_path / name))]
+    r = run("sample.py", "--out-dir", trained, *args, "--steps", "4")
+    lines = r.stdout.splitlines()  # "PATH: caption" (a tiny model's caption may be empty)
+    assert len(lines) == len(paths) and all(line.startswith(f"{tmp_path / n}: ") for line, n in zip(lines, paths))
+    assert r.stdout == run("sample.py", "--out-dir", trained, *args, "--steps", "4").stdout  # deterministic
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    assert_one_line_error(run("sample.py", "--out-dir", trained, "--image", str(tmp_path / "broken.png"),
+                              check=False), "broken.png", "not a readable image")
+    assert_one_line_error(run("sample.py", "--out-dir", trained, "--image", str(tmp_path / "nope.png"),
+                              check=False), "nope.png", "no such file")
+    assert_one_line_error(run("sample.py", "--out-dir", trained, "--image", str(tmp_path), check=False),
+                          "is a directory")
+    assert_one_line_error(run("sample.py", "--out-dir", str(tmp_path), "--image", str(tmp_path / "rgb.png"),
+                              check=False), "i2t.pt", "python train.py --task i2t")
+
+
+def test_evaluate_i2t_reports_everything(trained, tmp_path):
+    res_path = str(tmp_path / "r.json")
+    r = run("evaluate.py", "--task", "i2t", "--out-dir", trained, "--n", "40", "--steps", "4", "--json", res_path)
+    res = json.load(open(res_path))["i2t"]
+    for k in ("acc_all", "acc_all_seen", "acc_all_heldout", "acc_shape", "acc_color", "acc_size", "acc_position",
+              "bleu4", "rougeL", "cider", "ae_exact"):
+        assert 0.0 <= res[k] <= 10.0, (k, res[k])
+    assert res["n"] == 40 and len(res["examples"]) == 5 and "examples" in r.stdout
+    assert os.path.getsize(os.path.join(trained, "i2t_eval.png")) > 0
+
+
+def test_i2t_trains_what_it_needs_first(tmp_path, monkeypatch, capsys):
+    import train
+    monkeypatch.setitem(train.TASK_DEFAULTS, "tokenizer", {**train.TASK_DEFAULTS["tokenizer"], "preset": "tiny",
+                                                           "max_steps": 4, "batch_size": 8})
+    monkeypatch.setitem(train.TASK_DEFAULTS, "textae", {**train.TASK_DEFAULTS["textae"], "preset": "tiny",
+                                                        "max_steps": 4, "batch_size": 8})
+    out = str(tmp_path / "fresh")
+    train.main([*I2T, "--max-steps", "3", "--out-dir", out, "--sample-every", "1000"])
+    printed = capsys.readouterr().out
+    assert "notice: no trained tokenizer" in printed and "notice: no trained textae" in printed
+    assert [torch.load(os.path.join(out, f"{t}.pt"), weights_only=False)["step"] for t in
+            ("tokenizer", "textae", "i2t")] == [4, 4, 3]
