@@ -153,6 +153,15 @@ class TBins:
         return out
 
 
+@torch.no_grad()
+def val_flow_loss(velocity_net, x0, x1):
+    """The flow loss on validation pairs x0 -> x1 (B, N, D): t on a fixed grid over (0, 1), CFG flags off."""
+    t = torch.linspace(0.02, 0.98, len(x0), device=x0.device)
+    x_t, v = flow.interpolate(x0, x1, t)
+    flags = torch.zeros(len(t), dtype=torch.long, device=x0.device)
+    return (velocity_net(x_t, t, flags) - v).pow(2).mean().item()
+
+
 def load_frozen(out_dir, name, make_it):
     """A finished checkpoint of task `name` from out_dir, or a UserError naming the command that makes it."""
     path = os.path.join(out_dir, f"{name}.pt")
@@ -261,11 +270,7 @@ class T2ITask:
         """Flow loss of the EMA weights on validation pairs (fixed t grid, no flags, projector mean), and a grid
         of samples: one row per fixed prompt, 8 seeds each."""
         g = torch.Generator(device=self.device).manual_seed(0)
-        t = torch.linspace(0.02, 0.98, len(self.val_z), device=self.device)
-        mean, _ = ema.projector(self.val_text)
-        x_t, v = flow.interpolate(mean, self.val_z, t)
-        flags = torch.zeros(len(t), dtype=torch.long, device=self.device)
-        val_flow = (ema.flow(x_t, t, flags) - v).pow(2).mean().item()
+        val_flow = val_flow_loss(ema.flow, ema.projector(self.val_text)[0], self.val_z)
         text = self.encoder(self.prompts).to(self.device).repeat_interleave(8, 0)
         z = ema.generate(text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
         images = self.tokenizer.decode(self.tokenizer.from_flow(z))
@@ -434,10 +439,7 @@ class I2TTask:
     def validate(self, ema, path):
         """Flow loss on validation pairs (fixed t grid, no flags); captions of the validation images (greedy); on
         Shapes the attributes those captions get right. Preview: the first 8 images with their captions."""
-        t = torch.linspace(0.02, 0.98, len(self.val_z), device=self.device)
-        x_t, v = flow.interpolate(self.val_z, self.val_target, t)
-        flags = torch.zeros(len(t), dtype=torch.long, device=self.device)
-        out = {"val_flow": (ema.flow(x_t, t, flags) - v).pow(2).mean().item()}
+        out = {"val_flow": val_flow_loss(ema.flow, self.val_z, self.val_target)}
         g = torch.Generator(device=self.device).manual_seed(0)
         z = self.autoencoder.from_flow(ema.generate(self.val_z, SAMPLE_STEPS, flow.I2T_CFG, generator=g))
         captions = [self.vocab.decode(ids) for ids in self.autoencoder.decoder.generate(z)]
