@@ -56,6 +56,7 @@ SIZE_JITTER = 0.10  # uniform +- fraction of the radius
 ROT_JITTER = 0.0  # degrees, squares and triangles; 0: upright, to keep edges cheap for the CPU tokenizer
 COLOR_JITTER = 12  # uniform +- per RGB channel
 SUPERSAMPLE = 4  # draw at 4x and downsample: anti-aliased edges
+CAPTIONS_PER_IMAGE = 5  # reference captions per Shapes image, as COCO has ~5: the first is the training caption
 
 
 # Changes whenever the pictures would: part of every cache key, so no stale renders or judges are ever reused.
@@ -168,14 +169,20 @@ class ShapesDataset(torch.utils.data.Dataset):
         attrs, jitter = sample_params(self.split, i, self.seed)
         return make_caption(attrs, np.random.default_rng(jitter["template"]))
 
+    def all_captions(self, i):
+        """All CAPTIONS_PER_IMAGE reference captions of sample i (the first is `caption(i)`): independent wordings
+        of the same attributes, which may repeat."""
+        attrs, jitter = sample_params(self.split, i, self.seed)
+        seeds = [jitter["template"]] + [[jitter["template"], k] for k in range(1, CAPTIONS_PER_IMAGE)]
+        return [make_caption(attrs, np.random.default_rng(seed)) for seed in seeds]
+
     def sample(self, i):
         attrs, jitter = sample_params(self.split, i, self.seed)
-        caption = make_caption(attrs, np.random.default_rng(jitter["template"]))
-        return render(attrs, jitter, self.size), caption, attrs
+        return render(attrs, jitter, self.size), self.all_captions(i), attrs
 
     def __getitem__(self, i):
-        img, caption, attrs = self.sample(i)
-        return {"image": pil_to_tensor(img), "caption": caption, "captions": [caption], "attrs": attrs}
+        img, captions, attrs = self.sample(i)
+        return {"image": pil_to_tensor(img), "caption": captions[0], "captions": captions, "attrs": attrs}
 
     def cache_key(self):
         return f"shapes{SHAPES_VERSION}-{self.split}-{self.size}-{self.n}-{self.seed}"
@@ -311,6 +318,10 @@ class CaptionFiles(torch.utils.data.Dataset):
     def caption(self, i):
         """The training caption of item i (its first), without decoding the image."""
         return self.items[i][1][0]
+
+    def all_captions(self, i):
+        """All reference captions of item i, without decoding the image."""
+        return list(self.items[i][1])
 
     def __getitem__(self, i):
         if not -len(self) <= i < len(self):

@@ -15,7 +15,8 @@ t2i (Shapes): a judge CNN (judge.py, trained once and cached in the out-dir) rea
 i2t: one caption per test image (greedy), scored with pycocoevalcap against the test captions: BLEU-1..4, ROUGE-L,
     CIDEr, and METEOR where Java runs. On Shapes also acc_*: the attributes read back from the caption
     (data.parse_caption) against the image's, overall, on seen and on held-out compositions. ae_exact: how many test
-    captions the text autoencoder gives back exactly (through its projector's mean).
+    captions the text autoencoder gives back exactly (through its projector's mean); ae_mean_ref: how often the mean
+    Z_T of an image's reference captions decodes to one of them (the point the flow aims at).
 The JSON file gets one key per task ({"tokenizer": {"psnr": ...}}); other keys already in it are kept.
 """
 import contextlib
@@ -238,6 +239,15 @@ def eval_i2t(args):
     recon = [vocab.decode(ids) for i in range(0, n, args.batch_size)
              for ids in autoencoder.reconstruct(encoder(truth_text[i: i + args.batch_size]).to(device))]
     out["ae_exact"] = sum(r == c for r, c in zip(recon, truth_text)) / n
+    # ... and does the mean Z_T of an image's reference captions decode to one of them (what the flow aims at)?
+    refs = [it["captions"] for it in items]
+    flat = [c for r in refs for c in r]
+    z = torch.cat([autoencoder.projector(encoder(flat[i: i + args.batch_size]).to(device))[0]
+                   for i in range(0, len(flat), args.batch_size)])
+    means = torch.stack([m.mean(0) for m in z.split([len(r) for r in refs])])
+    from_mean = [vocab.decode(ids) for i in range(0, n, args.batch_size)
+                 for ids in autoencoder.decoder.generate(means[i: i + args.batch_size])]
+    out["ae_mean_ref"] = sum(c in r for c, r in zip(from_mean, refs)) / n
     return {**out, "n": n, "steps": args.steps, "cfg": args.cfg, "seconds_generate": t_gen,
             "captions_per_s": n / t_gen, "examples": [{"caption": c, "reference": r} for c, r in
                                                        zip(captions[:5], truth_text[:5])]}

@@ -205,6 +205,26 @@ def embed_unique(encoder, captions, cache):
     return unique, pj.embed_captions(encoder, unique, cache), torch.tensor([where[c] for c in captions])
 
 
+def caption_groups(dataset, encoder, cache):
+    """Every image's reference captions through the frozen encoder: (distinct captions (U,), their embeddings
+    (U, N, C), groups (M, K): image i's caption indices into them, its training caption first, -1 past its last)."""
+    per_image = [dataset.all_captions(i) for i in range(len(dataset))]
+    unique, emb, index = embed_unique(encoder, [c for cs in per_image for c in cs], cache)
+    groups = torch.full((len(per_image), max(map(len, per_image))), -1, dtype=torch.long)
+    start = 0
+    for i, cs in enumerate(per_image):
+        groups[i, :len(cs)] = index[start: start + len(cs)]
+        start += len(cs)
+    return unique, emb, groups
+
+
+def group_mean(x, groups):
+    """Mean of x (U, ...) over each row of groups (M, K) (indices, -1 = none): (M, ...)."""
+    valid = (groups >= 0).float()
+    w = (valid / valid.sum(1, keepdim=True)).view(*groups.shape, *[1] * (x.dim() - 1))
+    return (x[groups.clamp_min(0)] * w).sum(1)
+
+
 def shapes_truth(val_set, n):
     """Attributes of the first n samples of a Shapes split, or None for real data."""
     if not isinstance(val_set, data.ShapesDataset):
@@ -302,9 +322,11 @@ def text_token_shape(args):
 
 
 class TextAETask:
-    """The text autoencoder (text_decoder.py): projector -> Z_T -> decoder, token cross-entropy (+ kl_weight * KL) on
-    the training captions, whose text-encoder embeddings are computed once and cached. The vocabulary comes from the
-    training captions, so the model is built in prepare(). Preview: validation captions and their reconstructions."""
+    """The text autoencoder (text_decoder.py): projector -> Z_T -> decoder on every reference caption of the training
+    images (text-encoder embeddings computed once and cached): token cross-entropy, + mean_weight * the cross-entropy
+    of writing a caption from the average Z_T of 2..K captions of its image (the image-to-text flow lands on such
+    means), + kl_weight * KL. The vocabulary comes from the training captions, so the model is built in prepare().
+    Preview: validation captions and their reconstructions."""
 
     def __init__(self, args):
         self.args = args
@@ -320,8 +342,7 @@ class TextAETask:
         self.encoder.to(device)
 
     def prepare(self, train_set, val_set, cache, master_first):
-        captions = [train_set.caption(i) for i in range(len(train_set))]
-        self.unique, self.text, self.text_index = master_first(lambda: embed_unique(self.encoder, captions, cache))
+        self.unique, self.text, self.groups = master_first(lambda: caption_groups(train_set, self.encoder, cache))
         self.vocab = td.Vocab.build(self.unique)
         pcfg = self.pcfg
         dcfg = td.DecoderConfig(**{**vars(td.PRESETS[self.args.preset]), "vocab_size": len(self.vocab),
@@ -339,17 +360,30 @@ class TextAETask:
         self.val_text = self.encoder(self.val_captions).to(self.device)
         self.val_inputs, self.val_targets, _ = (x.to(self.device) if torch.is_tensor(x) else x for x in
                                                 td.pack(self.vocab, self.val_captions, dcfg.max_len))
-        print(f"text autoencoder: {len(self.unique)} distinct captions, vocabulary of {len(self.vocab)} tokens")
-        return len(captions)
+        self.val_refs = [val_set.all_captions(i) for i in range(n_val)]
+        flat = [c for cs in self.val_refs for c in cs]
+        self.val_all_text = self.encoder(flat).to(self.device)
+        self.val_split = [len(cs) for cs in self.val_refs]
+        print(f"text autoencoder: {len(self.unique)} distinct captions of {len(self.groups)} images "
+              f"(up to {self.groups.shape[1]} each), vocabulary of {len(self.vocab)} tokens")
+        return len(self.groups)
 
     def batch(self, idx):
-        j = self.text_index[idx]
+        """Image idx's captions in random order (column 0 is written), and 2..K of them chosen for the average."""
+        g = self.groups[idx]  # (B, K)
+        valid = g >= 0
+        order = torch.rand(g.shape).masked_fill(~valid, 2.0).argsort(1)  # this image's captions first, shuffled
+        g, n = g.gather(1, order), valid.sum(1)
+        k = torch.where(n > 1, 2 + (torch.rand(len(n)) * (n - 1)).long(), 1)  # how many are averaged: 2..n
+        chosen = torch.arange(g.shape[1]) < k[:, None]  # (B, K)
+        j = g[:, 0]
         L = int((self.targets[j] != td.IGNORE).sum(1).max())  # no compute on columns that are padding throughout
-        return {"text": self.text[j].to(self.device).float(), "inputs": self.inputs[j, :L].to(self.device),
-                "targets": self.targets[j, :L].to(self.device)}
+        return {"text": self.text[g.clamp_min(0)].to(self.device).float(), "chosen": chosen.to(self.device),
+                "inputs": self.inputs[j, :L].to(self.device), "targets": self.targets[j, :L].to(self.device)}
 
     def loss(self, model, batch):
-        return model(batch["text"], batch["inputs"], batch["targets"], self.args.kl_weight)
+        return model(batch["text"], batch["chosen"], batch["inputs"], batch["targets"], self.args.kl_weight,
+                     self.args.mean_weight)
 
     def pop_log(self):
         return {}
@@ -363,9 +397,14 @@ class TextAETask:
         ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), self.val_targets.flatten(), ignore_index=td.IGNORE)
         recon = [self.vocab.decode(ids) for ids in ema.reconstruct(self.val_text)]
         exact = sum(r == c for r, c in zip(recon, self.val_captions)) / len(recon)
+        # the mean Z_T of each image's captions, decoded: is it one of that image's captions?
+        means = torch.stack([m.mean(0) for m in ema.projector(self.val_all_text)[0].split(self.val_split)])
+        from_mean = [self.vocab.decode(ids) for ids in ema.decoder.generate(means)]
+        mean_ref = sum(c in refs for c, refs in zip(from_mean, self.val_refs)) / len(from_mean)
         with open(os.path.splitext(path)[0] + ".txt", "w") as f:
             f.writelines(f"{c}\n  -> {r}\n" for c, r in list(zip(self.val_captions, recon))[:8])
-        return {"val_ce": ce.item(), "val_exact": exact}
+            f.writelines(f"mean of {refs}\n  -> {c}\n" for c, refs in list(zip(from_mean, self.val_refs))[:4])
+        return {"val_ce": ce.item(), "val_exact": exact, "val_mean_ref": mean_ref}
 
     @torch.no_grad()
     def finish(self, ema):
@@ -377,8 +416,10 @@ class TextAETask:
 class I2TTask:
     """Image-to-text (FLOWTOK.md): the flow from the tokenizer's image tokens (source) to the text autoencoder's text
     tokens (target), both frozen, L = L_flow only. Both are precomputed: the image posterior of every training image
-    (cached, as for t2i) and the projector's (mean, logvar) of every distinct training caption; each step draws fresh
-    samples from both. Previews: captions of validation images, and on Shapes how many attributes they get right."""
+    (cached, as for t2i; each step draws a fresh sample) and, as its target, the mean of the projector's Z_T over the
+    image's reference captions: the point a flow from one image lands on anyway (README, Design choices), without
+    the noise of which caption happened to be drawn. Previews: captions of validation images, and on Shapes how
+    many attributes they get right."""
 
     def __init__(self, args):
         self.args = args
@@ -408,24 +449,23 @@ class I2TTask:
     def prepare(self, train_set, val_set, cache, master_first):
         self.latents = master_first(lambda: image_latents(self.tokenizer, self.model_config["tokenizer"], train_set,
                                                           cache, self.device))
-        captions = [train_set.caption(i) for i in range(len(train_set))]
-        _, text, self.text_index = master_first(lambda: embed_unique(self.encoder, captions, cache))
-        moments = [self.autoencoder.projector(t.to(self.device).float()) for t in text.split(512)]
-        self.text_mean, self.text_logvar = (torch.cat([m[j] for m in moments]).cpu() for j in range(2))
+        _, text, groups = master_first(lambda: caption_groups(train_set, self.encoder, cache))
+        means = torch.cat([self.autoencoder.projector(t.to(self.device).float())[0].cpu() for t in text.split(512)])
+        self.text_target = self.autoencoder.to_flow(group_mean(means, groups))  # (M, N, D)
         n_val = min(256, len(val_set))
         self.val_images = torch.stack([val_set[i]["image"] for i in range(n_val)]).to(self.device)
         self.val_z = self.tokenizer.to_flow(self.tokenizer.encode(self.val_images)[0])
-        val_mean, _ = self.autoencoder.projector(self.encoder([val_set.caption(i) for i in range(n_val)]).to(self.device))
-        self.val_target = self.autoencoder.to_flow(val_mean)
+        refs = [val_set.all_captions(i) for i in range(n_val)]
+        val_z_text = self.autoencoder.projector(self.encoder([c for cs in refs for c in cs]).to(self.device))[0]
+        val_means = [z.mean(0) for z in val_z_text.split([len(cs) for cs in refs])]  # one per image
+        self.val_target = self.autoencoder.to_flow(torch.stack(val_means))
         attrs = shapes_truth(val_set, n_val)
         self.val_truth = None if attrs is None else judge.targets(attrs)
         return len(train_set)
 
     def batch(self, idx):
         z_image = self.tokenizer.to_flow(gaussian_sample(self.latents["mean"][idx], self.latents["logvar"][idx]))
-        j = self.text_index[idx]
-        z_text = self.autoencoder.to_flow(gaussian_sample(self.text_mean[j], self.text_logvar[j]))
-        return {"z_image": z_image.to(self.device), "z_text": z_text.to(self.device)}  # (B, N, D) each
+        return {"z_image": z_image.to(self.device), "z_text": self.text_target[idx].to(self.device)}  # (B, N, D) each
 
     def loss(self, model, batch):
         loss, stats, err, t = model(batch["z_image"], batch["z_text"], self.args.cfg_prob, self.args.t_dist)

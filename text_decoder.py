@@ -178,16 +178,33 @@ class TextAutoencoder(nn.Module):
         # and saved with the weights. Without a KL nothing else fixes the scale of Z_T.
         self.register_buffer("latent_scale", torch.ones(()))
 
-    def forward(self, text, inputs, targets, kl_weight=0.0):
-        """Training loss: token cross-entropy + kl_weight * KL (the paper: no KL on this path).
-        text (B, N, C) from the frozen encoder; inputs, targets (B, L) from `pack`. Returns (loss, stats)."""
-        mean, logvar = self.projector(text)  # (B, N, D) each
-        logits = self.decoder(gaussian_sample(mean, logvar), inputs)  # (B, L, V)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
-        kl = gaussian_kl(mean, logvar).mean()
+    def forward(self, text, chosen, inputs, targets, kl_weight=0.0, mean_weight=0.0):
+        """Training loss. Each row is one image: text (B, K, N, C) the frozen encoder's embeddings of K of its captions,
+        column 0 the caption to write (inputs, targets (B, L) from `pack`); chosen (B, K) bool, column 0 set, picks
+        the captions whose Z_T are averaged. Loss: token cross-entropy of decoding column 0's Z_T
+        + mean_weight * the cross-entropy of writing the same caption from the average of the chosen Z_T
+        + kl_weight * KL (the paper: no KL on this path).
+        Why the average (README, Design choices): one image has many captions, so a flow that starts from the image's
+        tokens lands on the mean of their Z_T, and the decoder has to read such means. Returns (loss, stats)."""
+        B, K = chosen.shape
+        mean, logvar = (m.view(B, K, *m.shape[1:]) for m in self.projector(text.flatten(0, 1)))  # (B, K, N, D)
+        ce, acc = self.cross_entropy(gaussian_sample(mean[:, 0], logvar[:, 0]), inputs, targets)
+        kl = gaussian_kl(mean[:, 0], logvar[:, 0]).mean()
+        loss = ce + kl_weight * kl
+        stats = {"ce": ce.detach(), "kl": kl.detach(), "token_acc": acc}
+        if K > 1 and mean_weight > 0:
+            w = chosen.float() / chosen.sum(1, keepdim=True)  # (B, K)
+            ce_mean, _ = self.cross_entropy(torch.einsum("bk,bknd->bnd", w, mean), inputs, targets)
+            loss = loss + mean_weight * ce_mean
+            stats["ce_mean"] = ce_mean.detach()
+        return loss, stats
+
+    def cross_entropy(self, z, inputs, targets):
+        """Token cross-entropy of writing `targets` from Z_T z (B, N, D), and the token accuracy (no gradient)."""
+        logits = self.decoder(z, inputs)  # (B, L, V)
         mask = targets != IGNORE
-        acc = (logits.argmax(-1) == targets)[mask].float().mean()
-        return ce + kl_weight * kl, {"ce": ce.detach(), "kl": kl.detach(), "token_acc": acc.detach()}
+        acc = (logits.argmax(-1) == targets)[mask].float().mean().detach()
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE), acc
 
     def to_flow(self, z):
         """Z_T -> flow space. The only place latent_scale multiplies."""

@@ -56,7 +56,8 @@ TASK_DEFAULTS = {
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                 kl_weight=1e-4, align_weight=1.0),
     "textae": dict(preset="cpu", batch_size=128, max_steps=500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                   warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0),
+                   warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
+                   mean_weight=1.0),
     "i2t": dict(preset="cpu", batch_size=128, max_steps=3000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999),
 }
@@ -91,6 +92,8 @@ def get_args(argv=None):
     p.add_argument("--kl-weight", type=float, help="weight of the KL term (t2i: gamma1, on the text projector; textae: "
                                                             "on its projector, 0 in the paper)")
     p.add_argument("--align-weight", type=float, help="t2i: weight of the text alignment loss (gamma2)")
+    p.add_argument("--mean-weight", type=float, help="textae: weight of writing a caption from the mean Z_T of several "
+                                                     "captions of its image (0: plain autoencoder)")
     p.add_argument("--text-encoder", default=pj.DEFAULT_TEXT_ENCODER,
                    help="t2i, textae: frozen text encoder: the embedded all-minilm-l6-v2, or a local folder / local Hugging "
                         "Face cache name of a CLIP text model (e.g. openai/clip-vit-large-patch14)")

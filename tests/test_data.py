@@ -82,7 +82,12 @@ def test_captions_state_every_attribute_and_vary():
     ds = ShapesDataset("train")
     for i in range(30):  # the dataset itself (not just the helper above) returns parseable captions
         item = ds[i]
-        assert parse_caption(item["caption"]) == item["attrs"] and item["captions"] == [item["caption"]]
+        assert parse_caption(item["caption"]) == item["attrs"]
+        # the references: CAPTIONS_PER_IMAGE wordings of the same attributes, the training caption first
+        assert item["captions"] == ds.all_captions(i) and item["captions"][0] == item["caption"] == ds.caption(i)
+        assert len(item["captions"]) == data.CAPTIONS_PER_IMAGE
+        assert all(parse_caption(c) == item["attrs"] for c in item["captions"])
+    assert sum(len(set(ds.all_captions(i))) for i in range(30)) > 30 * 3  # mostly distinct wordings
     captions = [caption_of("train", i)[0] for i in range(300)]
     assert len({template_index(c) for c in captions}) == len(TEMPLATES)
     assert len(set(captions)) > 250
@@ -275,7 +280,7 @@ def test_coco(tmp_path):
     for k in range(4):
         item = ds[k]
         check_item(item, 32)
-        assert item["captions"] == [f"train image {k} caption {c}" for c in range(1 + k % 3)]
+        assert item["captions"] == [f"train image {k} caption {c}" for c in range(1 + k % 3)] == ds.all_captions(k)
     assert CocoCaptions(ann, size=32).items == ds.items  # image folder found beside annotations/
     # an image listed in the json but absent on disk, and one without captions: skipped and counted
     meta = json.load(open(ann))
@@ -435,6 +440,6 @@ def test_collate_mixed_batch(tmp_path):
     batch = collate(items)
     assert batch["image"].shape == (4, 3, 32, 32) and batch["image"].dtype == torch.float32
     assert batch["caption"] == [it["caption"] for it in items]
-    assert [len(c) for c in batch["captions"]] == [1, 2, 1, 2]
+    assert [len(c) for c in batch["captions"]] == [data.CAPTIONS_PER_IMAGE, 2, data.CAPTIONS_PER_IMAGE, 2]
     assert batch["attrs"][1] == {} and batch["attrs"][0] == shapes[0]["attrs"]
     assert torch.equal(batch["image"][1], folder[0]["image"])

@@ -207,7 +207,7 @@ def test_evaluate_i2t_reports_everything(trained, tmp_path):
     r = run("evaluate.py", "--task", "i2t", "--out-dir", trained, "--n", "40", "--steps", "4", "--json", res_path)
     res = json.load(open(res_path))["i2t"]
     for k in ("acc_all", "acc_all_seen", "acc_all_heldout", "acc_shape", "acc_color", "acc_size", "acc_position",
-              "bleu4", "rougeL", "cider", "ae_exact"):
+              "bleu4", "rougeL", "cider", "ae_exact", "ae_mean_ref"):
         assert 0.0 <= res[k] <= 10.0, (k, res[k])
     assert res["n"] == 40 and len(res["examples"]) == 5 and "examples" in r.stdout
     assert os.path.getsize(os.path.join(trained, "i2t_eval.png")) > 0
@@ -225,3 +225,61 @@ def test_i2t_trains_what_it_needs_first(tmp_path, monkeypatch, capsys):
     assert "notice: no trained tokenizer" in printed and "notice: no trained textae" in printed
     assert [torch.load(os.path.join(out, f"{t}.pt"), weights_only=False)["step"] for t in
             ("tokenizer", "textae", "i2t")] == [4, 4, 3]
+
+
+# -----------------------------------------------------------------------------
+# Decoding the mean of an image's captions
+
+def test_group_mean_ignores_padding():
+    from tasks import group_mean
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 20.0]])
+    groups = torch.tensor([[0, 1, -1], [2, -1, -1], [0, 1, 2]])
+    assert torch.allclose(group_mean(x, groups), torch.tensor([[2.0, 3.0], [10.0, 20.0], [14 / 3, 26 / 3]]))
+
+
+def test_textae_loss_adds_the_mean_term_only_when_asked():
+    vocab = td.Vocab.build(CAPTIONS)
+    from projector import ProjectorConfig
+    torch.manual_seed(0)
+    pcfg = ProjectorConfig(text_dim=12, num_tokens=4, token_dim=8, width=16, depth=1, heads=2)
+    ae = td.TextAutoencoder(pcfg, td.DecoderConfig(**{**vars(td.PRESETS["tiny"]), "vocab_size": len(vocab),
+                                                      "num_tokens": 4, "token_dim": 8}))
+    inputs, targets, _ = td.pack(vocab, CAPTIONS, 24)
+    text = torch.randn(3, 2, 4, 12)  # 3 images, 2 captions each
+    chosen = torch.tensor([[True, True], [True, False], [True, True]])
+    plain, stats = ae(text, chosen, inputs, targets, mean_weight=0.0)
+    assert "ce_mean" not in stats and torch.allclose(plain, stats["ce"])
+    both, stats = ae(text, chosen, inputs, targets, mean_weight=0.5)
+    mean, _ = ae.projector(text.flatten(0, 1))
+    mean = mean.view(3, 2, 4, 8)
+    zbar = torch.stack([mean[0].mean(0), mean[1, 0], mean[2].mean(0)])  # unchosen captions stay out of the mean
+    expected, _ = ae.cross_entropy(zbar, inputs, targets)
+    assert torch.allclose(stats["ce_mean"], expected)
+    assert torch.allclose(both, stats["ce"] + 0.5 * expected)
+    # one caption per image (K = 1): the plain autoencoder, whatever the weight
+    loss, stats = ae(text[:, :1], chosen[:, :1], inputs, targets, mean_weight=1.0)
+    assert "ce_mean" not in stats
+
+
+def test_textae_batch_writes_one_caption_and_averages_captions_of_its_image():
+    from tasks import TextAETask
+    task = object.__new__(TextAETask)  # just the batching: no encoder, no data set
+    task.device = "cpu"
+    task.groups = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]])  # image 1 has one caption, image 2 two
+    task.text = torch.arange(6.0).view(6, 1, 1).expand(6, 2, 3).half()  # each embedding holds its caption's index
+    captions = [f"caption number {k}" * (k + 1) for k in range(6)]
+    task.inputs, task.targets, _ = td.pack(td.Vocab.build(captions), captions, 64)
+    seen = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        b = task.batch(torch.tensor([0, 1, 2]))
+        ids = b["text"][:, :, 0, 0].long()  # (B, K): which caption sits in each column
+        for row, (cols, chosen) in enumerate(zip(ids, b["chosen"])):
+            own = set(task.groups[row][task.groups[row] >= 0].tolist())
+            assert chosen[0] and set(cols[chosen].tolist()) <= own  # the written caption is averaged, with its own
+            assert int(chosen.sum()) == (1 if len(own) == 1 else len(set(cols[chosen].tolist()))) >= min(2, len(own))
+            L = b["targets"].shape[1]
+            assert torch.equal(b["targets"][row], task.targets[cols[0], :L])  # column 0 is the caption written
+            seen.add((row, int(cols[0]), int(chosen.sum())))
+    assert {(0, c) for c in range(3)} <= {(r, c) for r, c, _ in seen}  # every caption of image 0 gets written
+    assert {k for r, _, k in seen if r == 0} == {2, 3}  # and 2 or 3 of them averaged
