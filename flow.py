@@ -29,7 +29,7 @@ SIGMA_MIN = 1e-5
 CFG_FLAG_PROB = 0.1
 # Default guidance scales at sampling (sample.py, evaluate.py, the training previews): FLOWTOK.md's s = 2 for
 # text-to-image; image-to-text's was measured here (README, Design choices).
-T2I_CFG, I2T_CFG = 2.0, 1.0
+T2I_CFG, I2T_CFG = 2.0, 2.5
 
 
 @dataclass

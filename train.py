@@ -58,7 +58,7 @@ TASK_DEFAULTS = {
     "textae": dict(preset="cpu", batch_size=128, max_steps=500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
                    mean_weight=1.0),
-    "i2t": dict(preset="cpu", batch_size=128, max_steps=3000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999),
 }
 PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
