@@ -242,9 +242,8 @@ def eval_i2t(args):
     # ... and does the mean Z_T of an image's reference captions decode to one of them (what the flow aims at)?
     refs = [it["captions"] for it in items]
     flat = [c for r in refs for c in r]
-    z = torch.cat([autoencoder.projector(encoder(flat[i: i + args.batch_size]).to(device))[0]
-                   for i in range(0, len(flat), args.batch_size)])
-    means = torch.stack([m.mean(0) for m in z.split([len(r) for r in refs])])
+    text = torch.cat([encoder(flat[i: i + args.batch_size]).to(device) for i in range(0, len(flat), args.batch_size)])
+    means = autoencoder.caption_means(text, [len(r) for r in refs])
     from_mean = [vocab.decode(ids) for i in range(0, n, args.batch_size)
                  for ids in autoencoder.decoder.generate(means[i: i + args.batch_size])]
     out["ae_mean_ref"] = sum(c in r for c, r in zip(from_mean, refs)) / n

@@ -360,10 +360,8 @@ class TextAETask:
         self.val_text = self.encoder(self.val_captions).to(self.device)
         self.val_inputs, self.val_targets, _ = (x.to(self.device) if torch.is_tensor(x) else x for x in
                                                 td.pack(self.vocab, self.val_captions, dcfg.max_len))
-        self.val_refs = [val_set.all_captions(i) for i in range(n_val)]
-        flat = [c for cs in self.val_refs for c in cs]
-        self.val_all_text = self.encoder(flat).to(self.device)
-        self.val_split = [len(cs) for cs in self.val_refs]
+        self.val_refs = [val_set.all_captions(i) for i in range(n_val)]  # every reference caption, image by image
+        self.val_refs_text = self.encoder([c for cs in self.val_refs for c in cs]).to(self.device)
         print(f"text autoencoder: {len(self.unique)} distinct captions of {len(self.groups)} images "
               f"(up to {self.groups.shape[1]} each), vocabulary of {len(self.vocab)} tokens")
         return len(self.groups)
@@ -398,7 +396,7 @@ class TextAETask:
         recon = [self.vocab.decode(ids) for ids in ema.reconstruct(self.val_text)]
         exact = sum(r == c for r, c in zip(recon, self.val_captions)) / len(recon)
         # the mean Z_T of each image's captions, decoded: is it one of that image's captions?
-        means = torch.stack([m.mean(0) for m in ema.projector(self.val_all_text)[0].split(self.val_split)])
+        means = ema.caption_means(self.val_refs_text, [len(cs) for cs in self.val_refs])
         from_mean = [self.vocab.decode(ids) for ids in ema.decoder.generate(means)]
         mean_ref = sum(c in refs for c, refs in zip(from_mean, self.val_refs)) / len(from_mean)
         with open(os.path.splitext(path)[0] + ".txt", "w") as f:
@@ -456,9 +454,8 @@ class I2TTask:
         self.val_images = torch.stack([val_set[i]["image"] for i in range(n_val)]).to(self.device)
         self.val_z = self.tokenizer.to_flow(self.tokenizer.encode(self.val_images)[0])
         refs = [val_set.all_captions(i) for i in range(n_val)]
-        val_z_text = self.autoencoder.projector(self.encoder([c for cs in refs for c in cs]).to(self.device))[0]
-        val_means = [z.mean(0) for z in val_z_text.split([len(cs) for cs in refs])]  # one per image
-        self.val_target = self.autoencoder.to_flow(torch.stack(val_means))
+        text = self.encoder([c for cs in refs for c in cs]).to(self.device)
+        self.val_target = self.autoencoder.to_flow(self.autoencoder.caption_means(text, [len(cs) for cs in refs]))
         attrs = shapes_truth(val_set, n_val)
         self.val_truth = None if attrs is None else judge.targets(attrs)
         return len(train_set)

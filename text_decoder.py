@@ -206,6 +206,14 @@ class TextAutoencoder(nn.Module):
         acc = (logits.argmax(-1) == targets)[mask].float().mean().detach()
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE), acc
 
+    @torch.no_grad()
+    def caption_means(self, text, counts):
+        """Each image's mean Z_T (projector means) over its captions, what the image-to-text flow aims at: text
+        (sum(counts), N, C) holds the caption embeddings image after image, counts[i] of them image i's.
+        Returns (len(counts), N, D)."""
+        z = self.projector(text.float())[0]
+        return torch.stack([m.mean(0) for m in z.split(list(counts))])
+
     def to_flow(self, z):
         """Z_T -> flow space. The only place latent_scale multiplies."""
         return z * self.latent_scale
