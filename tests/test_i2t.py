@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import text_decoder as td
-from test_train import run, assert_one_line_error
+from test_train import run, read_log, assert_one_line_error
 
 CAPTIONS = ["a small red circle in the top left", "there is a big box on the right and it is blue",
             "a green triangle, tiny, at the bottom"]
@@ -121,11 +121,6 @@ AE = ["--task", "textae", "--preset", "tiny", "--num-train", "512", "--batch-siz
       "--log-every", "10", "--sample-every", "60", "--save-every", "1000"]
 I2T = ["--task", "i2t", "--preset", "tiny", "--num-train", "256", "--batch-size", "32", "--lr", "3e-3",
        "--log-every", "5", "--sample-every", "40", "--save-every", "1000"]
-
-
-def read_log(out_dir, task):
-    with open(os.path.join(out_dir, f"{task}_log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,13 @@ import shutil
 import pytest
 import torch
 
-from test_train import run, assert_one_line_error
+from test_train import run, read_log, assert_one_line_error
 
 TOK = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16", "--max-steps", "30",
        "--lr", "3e-3", "--sample-every", "1000"]
 T2I = ["--task", "t2i", "--preset", "tiny", "--num-train", "256", "--batch-size", "32", "--lr", "3e-3",
        "--log-every", "5", "--sample-every", "40", "--save-every", "1000"]
 JUDGE = ["--judge-images", "512", "--judge-steps", "40"]  # a cheap judge (cached under its own name)
-
-
-def t2i_log(out_dir):
-    with open(os.path.join(out_dir, "t2i_log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +24,7 @@ def trained(tmp_path_factory):
 
 
 def test_t2i_trains_and_logs_what_it_should(trained):
-    log = t2i_log(trained)
+    log = read_log(trained, "t2i")
     train_recs = [r for r in log if "loss" in r]
     first, last = train_recs[0], train_recs[-1]
     for k in ("flow", "kl", "align", "temperature", "flow_t0", "flow_t4"):
@@ -53,7 +48,7 @@ def test_t2i_resume_is_exact(trained, tmp_path):
     r = run("train.py", *T2I, "--max-steps", "20", "--out-dir", b, "--stop-at-step", "8")
     assert "stopped at step 8" in r.stdout
     run("train.py", *T2I, "--max-steps", "20", "--out-dir", b, "--resume")
-    losses = lambda d: [(r["step"], r["loss"], r["flow"]) for r in t2i_log(d) if "loss" in r]
+    losses = lambda d: [(r["step"], r["loss"], r["flow"]) for r in read_log(d, "t2i") if "loss" in r]
     assert losses(a) == losses(b)
     ea = torch.load(os.path.join(a, "t2i.pt"), weights_only=False)["ema"]
     eb = torch.load(os.path.join(b, "t2i.pt"), weights_only=False)["ema"]

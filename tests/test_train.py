@@ -21,9 +21,14 @@ def run(*args, check=True, launcher=(sys.executable,)):
     return r
 
 
+def read_log(out_dir, task):
+    """All records of out_dir/<task>_log.jsonl."""
+    with open(os.path.join(out_dir, f"{task}_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
 def log_losses(out_dir):
-    with open(os.path.join(out_dir, "tokenizer_log.jsonl")) as f:
-        return [(rec["step"], rec["loss"]) for rec in map(json.loads, f) if "loss" in rec]
+    return [(rec["step"], rec["loss"]) for rec in read_log(out_dir, "tokenizer") if "loss" in rec]
 
 
 def assert_one_line_error(r, *needles):
@@ -118,8 +123,7 @@ def test_perceptual_loss_from_a_local_exported_network(tmp_path):
     torch.export.save(ep, str(tmp_path / "feat.pt2"))
     out = str(tmp_path / "o")
     run("train.py", *TINY, "--max-steps", "4", "--out-dir", out, "--perceptual", str(tmp_path / "feat.pt2"))
-    with open(os.path.join(out, "tokenizer_log.jsonl")) as f:
-        recs = [r for r in map(json.loads, f) if "loss" in r]
+    recs = [r for r in read_log(out, "tokenizer") if "loss" in r]
     assert len(recs) == 2 and all(r["perceptual"] > 0 for r in recs)
     edge_w = train.TASK_DEFAULTS["tokenizer"]["edge_weight"]
     assert all(abs(r["loss"] - r["rec"] - edge_w * r["edge"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6
