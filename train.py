@@ -54,12 +54,12 @@ TASK_DEFAULTS = {
                       kl_weight=1e-6, edge_weight=1.0),
     "t2i": dict(preset="cpu", batch_size=128, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                kl_weight=1e-4, align_weight=1.0),
-    "textae": dict(preset="cpu", batch_size=128, max_steps=500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                kl_weight=1e-4, align_weight=1.0, t_dist="uniform"),
+    "textae": dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
                    mean_weight=1.0),
     "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999),
+                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
 }
 PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
 TASKS = tuple(TASK_DEFAULTS)
@@ -99,9 +99,9 @@ def get_args(argv=None):
                         "Face cache name of a CLIP text model (e.g. openai/clip-vit-large-patch14)")
     p.add_argument("--cfg-prob", type=float, default=flow.CFG_FLAG_PROB,
                    help="t2i, i2t: probability of the CFG indicator flag (flagged targets are shuffled)")
-    p.add_argument("--t-dist", choices=flow.T_DISTRIBUTIONS, default="uniform",
-                   help="t2i, i2t: how training draws t along the path (default: uniform; logit-normal is the paper's, "
-                        "and with a text source it barely trains the start of the path: README, Results)")
+    p.add_argument("--t-dist", choices=flow.T_DISTRIBUTIONS,
+                   help="t2i, i2t: how training draws t along the path (t2i: uniform, i2t: early = u^2; logit-normal "
+                        "is the paper's, and it barely trains the start of the path: README, Design choices)")
     p.add_argument("--source-noise", type=float, default=0.0,
                    help="i2t: std of Gaussian noise added to the image tokens (flow units), in training and sampling")
     p.add_argument("--gather-negatives", action="store_true",

@@ -128,6 +128,9 @@ def test_t_distributions_weight_the_start_of_the_path_differently():
     g = torch.Generator().manual_seed(0)
     ln = flow.sample_t(100_000, generator=g)
     un = flow.sample_t(100_000, generator=g, dist="uniform")
-    assert 0 < ln.min() and ln.max() < 1 and 0 <= un.min() and un.max() < 1
+    early = flow.sample_t(100_000, generator=g, dist="early")
+    assert 0 < ln.min() and ln.max() < 1 and 0 <= un.min() and un.max() < 1 and 0 <= early.min() and early.max() < 1
     assert abs((ln < 0.1).float().mean().item() - 0.0140) < 0.002  # P(sigmoid(n) < 0.1) = P(n < -2.197)
     assert abs((un < 0.1).float().mean().item() - 0.1) < 0.005
+    assert abs((early < 0.1).float().mean().item() - 0.1 ** 0.5) < 0.005  # P(u^2 < 0.1) = P(u < 0.316)
+    assert abs((early > 0.9).float().mean().item() - (1 - 0.9 ** 0.5)) < 0.003  # the end of the path: 5%, not 10%
