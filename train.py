@@ -1,5 +1,5 @@
 """
-Train a flowtok model. One file, one loop; each --task (tasks.py) only says what its model and loss are.
+Train a flowtok model. One file, one loop; each --task (tasks.py, text_tasks.py) only says what its model and loss are.
 
     --task tokenizer   the 1D image tokenizer (tokenizer.py)                     -> out/tokenizer.pt
     --task t2i         text-to-image: projector + flow (projector.py, flow.py)   -> out/t2i.pt
@@ -41,6 +41,7 @@ import data
 import flow
 import projector as pj
 import tasks
+import text_tasks
 import tokenizer as tok
 from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve,
                     fail, pick_device)
@@ -61,6 +62,8 @@ TASK_DEFAULTS = {
     "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
 }
+TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae": text_tasks.TextAETask,
+                "i2t": text_tasks.I2TTask}
 PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
 TASKS = tuple(TASK_DEFAULTS)
 
@@ -202,7 +205,7 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path = os.path.join(args.out_dir, f"{args.task}.pt")
     torch.manual_seed(args.seed)  # identical initial weights on every rank
-    task = tasks.TASK_CLASSES[args.task](args)
+    task = TASK_CLASSES[args.task](args)
     task.to(device)
 
     # Data: prepared once into out/cache (images as one uint8 tensor; the flows add latents and text embeddings).

@@ -226,7 +226,7 @@ def test_i2t_trains_what_it_needs_first(tmp_path, monkeypatch, capsys):
 # Decoding the mean of an image's captions
 
 def test_group_mean_ignores_padding():
-    from tasks import group_mean
+    from text_tasks import group_mean
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 20.0]])
     groups = torch.tensor([[0, 1, -1], [2, -1, -1], [0, 1, 2]])
     assert torch.allclose(group_mean(x, groups), torch.tensor([[2.0, 3.0], [10.0, 20.0], [14 / 3, 26 / 3]]))
@@ -257,7 +257,7 @@ def test_textae_loss_adds_the_mean_term_only_when_asked():
 
 
 def test_textae_batch_writes_one_caption_and_averages_captions_of_its_image():
-    from tasks import TextAETask
+    from text_tasks import TextAETask
     task = object.__new__(TextAETask)  # just the batching: no encoder, no data set
     task.device = "cpu"
     task.groups = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]])  # image 1 has one caption, image 2 two
