@@ -29,6 +29,7 @@ import time
 import torch
 
 import data
+import real_data
 import flow
 import judge as J
 import tokenizer as tok
@@ -259,7 +260,7 @@ def main(argv=None):
     args = get_args(argv)
     try:
         result = EVALS[args.task](args)
-    except (UserError, data.DataError) as e:
+    except (UserError, real_data.DataError) as e:
         fail(str(e))
     key = "t2i_prompts" if args.task == "t2i" and args.prompts else args.task
     print(f"{key} ({args.out_dir})")

@@ -18,6 +18,7 @@ import torch
 
 from common import ArgumentParser, UserError, fail, pick_device, save_image_grid
 import data
+import real_data
 import flow
 
 
@@ -88,7 +89,7 @@ def read_image(path, size):
     if not os.path.exists(path):
         raise UserError(f"--image {path}: no such file")
     try:
-        return data.pil_to_tensor(data.load_rgb(path, size))
+        return data.pil_to_tensor(real_data.load_rgb(path, size))
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
         raise UserError(f"--image {path} is not a readable image ({type(e).__name__}: {str(e)[:80]})") from None
 

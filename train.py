@@ -38,6 +38,7 @@ from contextlib import nullcontext
 import torch
 
 import data
+import real_data
 import flow
 import projector as pj
 import tasks
@@ -369,7 +370,7 @@ def main(argv=None):
         train(args, rank, world, device)
         if world > 1:
             torch.distributed.destroy_process_group()
-    except (UserError, data.DataError) as e:
+    except (UserError, real_data.DataError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; continue with --resume")
