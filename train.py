@@ -281,13 +281,15 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     from tqdm import tqdm
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, desc=args.task)
     t_start = t_last = time.time()  # train_seconds: wall time spent in this loop, summed over resumes
-    n_last = 0
+    n_last, data_seconds = 0, 0.0  # data_seconds: time in task.batch since the last log line (the data loader)
     model.train()
     while step < args.max_steps:
         torch.manual_seed(step_seed(args, rank, step))
         idx = global_batch_indices(n_train, args.batch_size, step, args.seed)
         idx = idx[rank * local_bs:(rank + 1) * local_bs].sort().values  # this rank's share; sorted reads
+        t_data = time.perf_counter()
         batch = task.batch(idx)
+        data_seconds += time.perf_counter() - t_data
         lr = learning_rate(args, step)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -316,8 +318,9 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
         if step % args.log_every == 0 or step == args.max_steps:
             dt = time.time() - t_last
             rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
-                   "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt, "time": time.time()}
-            t_last, n_last = time.time(), 0
+                   "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt,
+                   "data_share": data_seconds / dt, "time": time.time()}  # data_share: of the wall time, in task.batch
+            t_last, n_last, data_seconds = time.time(), 0, 0.0
             history.append(rec)
             if master:
                 bar.set_postfix(loss=f"{rec['loss']:.4g}", sps=f"{rec['samples_per_s']:.0f}")

@@ -45,6 +45,8 @@ def test_training_loss_falls_and_evaluate_reads_it(tmp_path):
     run("train.py", *TINY, "--max-steps", "60", "--lr", "3e-3", "--out-dir", out)
     losses = [l for _, l in log_losses(out)]
     assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:2]) / 2, losses
+    shares = [rec["data_share"] for rec in read_log(out, "tokenizer") if "loss" in rec]
+    assert all(0 < s < 1 for s in shares), shares  # the share of wall time spent in the data loader
     for name in ("tokenizer.pt", "tokenizer_loss.png", "tokenizer_preview.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
     ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
