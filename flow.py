@@ -247,13 +247,17 @@ class TextToImage(nn.Module):
         self.flow = VelocityNet(fcfg)
 
     def forward(self, text, z_image, kl_weight, align_weight, flag_prob=CFG_FLAG_PROB, gather=False,
-                t_dist="logit-normal"):
+                t_dist="logit-normal", noise=None, t=None):
         """Training loss L_flow + kl_weight * L_kl + align_weight * L_align (FLOWTOK.md).
-        text (B, N, C) from the frozen encoder; z_image (B, N, D) in flow space.
+        text (B, N, C) from the frozen encoder; z_image (B, N, D) in flow space. noise (B, N, D) and t (B,) fix the
+        draws of Z_T and of t (default: fresh ones; the tests fix them to compare one process with several).
         Returns (loss, stats of 0-d tensors, per-sample flow error (B,), t (B,))."""
         mean, logvar = self.projector(text)  # (B, N, D) each
-        z_text = gaussian_sample(mean, logvar)  # the source: sampled in training (and, by default, at sampling)
-        l_flow, err, t = flow_loss(self.flow, z_text, z_image, flag_prob, t_dist=t_dist)
+        if noise is None:  # the source: sampled in training (and, by default, at sampling)
+            z_text = gaussian_sample(mean, logvar)
+        else:
+            z_text = mean + torch.exp(0.5 * logvar) * noise
+        l_flow, err, t = flow_loss(self.flow, z_text, z_image, flag_prob, t=t, t_dist=t_dist)
         l_kl = gaussian_kl(mean, logvar).mean()  # per caption, summed over N x D
         l_align = info_nce(z_text, self.align(text), self.align.logit_scale, gather=gather)
         loss = l_flow + kl_weight * l_kl + align_weight * l_align

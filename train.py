@@ -29,6 +29,7 @@ and the step needs saving for that.
 import argparse
 import copy
 import functools
+import glob
 import json
 import math
 import os
@@ -67,6 +68,9 @@ TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae"
                 "i2t": text_tasks.I2TTask}
 PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
 TASKS = tuple(TASK_DEFAULTS)
+MAX_SKIPS_IN_A_ROW = 20  # --skip-nonfinite gives up after this many consecutive non-finite steps: the run diverged
+# Fault injection, for the tests: the batches of these steps are multiplied by NaN (FLOWTOK_FAULT_NAN_STEPS="5,6").
+NAN_STEPS = {int(s) for s in os.environ.get("FLOWTOK_FAULT_NAN_STEPS", "").split(",") if s.strip()}
 
 
 def get_args(argv=None):
@@ -118,6 +122,9 @@ def get_args(argv=None):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/TASK.pt")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help=f"skip (and count) a step whose loss or gradients are NaN or inf instead of stopping; "
+                        f"{MAX_SKIPS_IN_A_ROW} in a row still stop the run")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
     p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--sample-every", type=int, default=500, help="steps between validation metrics and preview "
@@ -196,6 +203,57 @@ def global_batch_indices(n, batch_size, step, seed):
     return epoch_permutation(n, seed, epoch)[k * batch_size: (k + 1) * batch_size]
 
 
+def check_out_dir(out_dir, ckpt_path):
+    """Make the out-dir, prove it writable before any work is done, and clear the leftovers of a checkpoint write
+    that a killed run left unfinished (the checkpoint itself is untouched: it is only ever replaced whole)."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --out-dir {out_dir} ({e.strerror or e}); choose another --out-dir") from None
+    for tmp in glob.glob(glob.escape(ckpt_path) + ".tmp*"):
+        os.remove(tmp)
+        print(f"note: removed {tmp}, an unfinished checkpoint write of a killed run")
+
+
+def config_difference(saved, wanted, prefix=""):
+    """'key: saved vs wanted' for the first few entries where two model configs differ."""
+    diffs = []
+    for k in sorted(set(saved) | set(wanted), key=str):
+        a, b = saved.get(k), wanted.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_difference(a, b, f"{prefix}{k}.").split("; ") if a != b else []
+        elif a != b:
+            diffs.append(f"{prefix}{k}: {a!r} saved, {b!r} asked for")
+    return "; ".join(d for d in diffs[:3] if d)
+
+
+def trim_log(log_path, step):
+    """A resumed run repeats the steps after its checkpoint: drop the log lines a killed run wrote for them."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(log_path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(log_path + ".tmp", log_path)
+
+
+def nonfinite_report(loss, stats, gnorm, step, ckpt_path, saved_step):
+    """The one line that says what became non-finite, where, and what to do."""
+    bad = [k for k, v in stats.items() if not torch.isfinite(v)] or (["the gradient norm"] if torch.isfinite(loss)
+                                                                      else ["the loss"])
+    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in stats.items())
+    last = (f"the last good checkpoint is {ckpt_path} (step {saved_step})" if saved_step is not None
+            else "no checkpoint had been written yet")
+    return (f"non-finite {', '.join(bad)} at step {step} (loss={loss.item():.4g}, {terms}, grad_norm="
+            f"{gnorm.item():.4g}); {last}: resume from it with --resume and a lower --lr, or add --skip-nonfinite "
+            f"to skip such steps")
+
+
 # -----------------------------------------------------------------------------
 # The loop
 
@@ -203,11 +261,22 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     master = rank == 0
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
-    os.makedirs(args.out_dir, exist_ok=True)
     ckpt_path = os.path.join(args.out_dir, f"{args.task}.pt")
+    if master:
+        check_out_dir(args.out_dir, ckpt_path)
+    if not args.resume and os.path.exists(ckpt_path):  # never overwrite a run by accident
+        raise UserError(f"{ckpt_path} already exists; continue it with --resume, or start afresh in another --out-dir "
+                        f"(or delete it first)")
+    # A checkpoint to resume is checked before any work is done: unreadable, of another task, or of another model.
+    ck = load_checkpoint(ckpt_path, expect_task=args.task) if args.resume and os.path.exists(ckpt_path) else None
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     task = TASK_CLASSES[args.task](args)
     task.to(device)
+    saved_config, wanted_config = (ck or {}).get("model_config"), getattr(task, "model_config", None)
+    if isinstance(saved_config, dict) and isinstance(wanted_config, dict) and saved_config != wanted_config:
+        diff = config_difference(saved_config, wanted_config)
+        raise UserError(f"{ckpt_path} holds a model of another shape ({diff}); resume with the flags it was trained "
+                        f"with, or train afresh in another --out-dir")
 
     # Data: prepared once into out/cache (images as one uint8 tensor; the flows add latents and text embeddings).
     train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
@@ -232,9 +301,9 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     autocast, scaler = autocast_and_scaler(device)
 
     step, history, evals, train_seconds = 0, [], [], 0.0
+    saved_step, skipped_steps = None, 0  # the step of the last checkpoint written; steps skipped (--skip-nonfinite)
     if args.resume:
-        if os.path.exists(ckpt_path):
-            ck = load_checkpoint(ckpt_path, expect_task=args.task)
+        if ck is not None:
             try:
                 model.load_state_dict(ck["model"])
                 ema.load_state_dict(ck["ema"])
@@ -245,6 +314,8 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
             if scaler is not None and ck.get("scaler"):
                 scaler.load_state_dict(ck["scaler"])
             step, history, evals, train_seconds = ck["step"], ck["history"], ck["evals"], ck["train_seconds"]
+            saved_step, skipped_steps = step, ck.get("skipped_steps", 0)
+            ck = None  # its tensors are copied into the model and optimizer: free them
             if master:
                 print(f"resuming {ckpt_path} at step {step}")
         elif master:
@@ -265,83 +336,102 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
             train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def save(final=False):
+        nonlocal saved_step
         if not master:
             return
         atomic_save({"task": args.task, "config": vars(args), "model_config": task.model_config,
                      "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "step": step, "history": history, "evals": evals, "finished": final,
-                     "train_seconds": train_seconds + time.time() - t_start}, ckpt_path)
+                     "skipped_steps": skipped_steps, "train_seconds": train_seconds + time.time() - t_start},
+                    ckpt_path)
+        saved_step = step
         save_loss_curve(history, os.path.join(args.out_dir, f"{args.task}_loss.png"), evals)
 
     log_path = os.path.join(args.out_dir, f"{args.task}_log.jsonl")
     if master and step == 0 and os.path.exists(log_path):
         os.remove(log_path)  # a fresh run starts a fresh log; a resumed one appends
+    elif master:
+        trim_log(log_path, step)
     local_bs = args.batch_size // world
     from tqdm import tqdm
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, desc=args.task)
     t_start = t_last = time.time()  # train_seconds: wall time spent in this loop, summed over resumes
     n_last, data_seconds = 0, 0.0  # data_seconds: time in task.batch since the last log line (the data loader)
+    skips_in_a_row = 0
     model.train()
-    while step < args.max_steps:
-        torch.manual_seed(step_seed(args, rank, step))
-        idx = global_batch_indices(n_train, args.batch_size, step, args.seed)
-        idx = idx[rank * local_bs:(rank + 1) * local_bs].sort().values  # this rank's share; sorted reads
-        t_data = time.perf_counter()
-        batch = task.batch(idx)
-        data_seconds += time.perf_counter() - t_data
-        lr = learning_rate(args, step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with autocast():
-            loss, stats = task.loss(train_model, batch)
-        if not torch.isfinite(loss):
-            raise UserError(f"loss became {loss.item()} at step {step} "
-                            f"({', '.join(f'{k}={v.item():.4g}' for k, v in stats.items())}); "
-                            f"the last good checkpoint is {ckpt_path}")
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip) if args.grad_clip > 0 else torch.zeros(())
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
-        step += 1
-        n_last += args.batch_size
-        bar.update(1)
-        if step % args.log_every == 0 or step == args.max_steps:
-            dt = time.time() - t_last
-            rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
-                   "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt,
-                   "data_share": data_seconds / dt, "time": time.time()}  # data_share: of the wall time, in task.batch
-            t_last, n_last, data_seconds = time.time(), 0, 0.0
-            history.append(rec)
-            if master:
-                bar.set_postfix(loss=f"{rec['loss']:.4g}", sps=f"{rec['samples_per_s']:.0f}")
+    try:  # whatever stops the loop (an error, Ctrl-C), the progress bar ends its line before the message
+        while step < args.max_steps:
+            torch.manual_seed(step_seed(args, rank, step))
+            idx = global_batch_indices(n_train, args.batch_size, step, args.seed)
+            idx = idx[rank * local_bs:(rank + 1) * local_bs].sort().values  # this rank's share; sorted reads
+            t_data = time.perf_counter()
+            batch = task.batch(idx)
+            data_seconds += time.perf_counter() - t_data
+            lr = learning_rate(args, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            if step in NAN_STEPS:
+                batch = {k: v * float("nan") if v.is_floating_point() else v for k, v in batch.items()}
+            with autocast():
+                loss, stats = task.loss(train_model, batch)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
+            # NaN or inf: in the loss (this process's) or in the gradient norm (after DDP's all-reduce, so every process
+            # sees the same one and they all decide alike). Under fp16 the GradScaler skips inf gradients itself.
+            if not torch.isfinite(loss) or (scaler is None and not torch.isfinite(gnorm)):
+                if not args.skip_nonfinite or skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
+                    raise UserError(nonfinite_report(loss, stats, gnorm, step, ckpt_path, saved_step)
+                                    + (f" ({skips_in_a_row} steps in a row were skipped)" if skips_in_a_row else ""))
+                skipped_steps, skips_in_a_row, step = skipped_steps + 1, skips_in_a_row + 1, step + 1
+                bar.update(1)
+                if master:
+                    tqdm.write(f"skipped step {step - 1}: non-finite loss or gradients ({skipped_steps} skipped so far)")
+                continue
+            skips_in_a_row = 0
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            ema_update(ema, model, min(args.ema_decay, (1 + step) / (10 + step)))
+            step += 1
+            n_last += args.batch_size
+            bar.update(1)
+            if step % args.log_every == 0 or step == args.max_steps:
+                dt = time.time() - t_last
+                rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
+                       "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt,
+                       "data_share": data_seconds / dt, "skipped_steps": skipped_steps, "time": time.time()}
+                t_last, n_last, data_seconds = time.time(), 0, 0.0
+                history.append(rec)
+                if master:
+                    bar.set_postfix(loss=f"{rec['loss']:.4g}", sps=f"{rec['samples_per_s']:.0f}")
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+            if master and (step % args.sample_every == 0 or step == args.max_steps):
+                metrics = task.validate(ema, os.path.join(args.out_dir, f"{args.task}_preview.png"))
+                rec = {"step": step, **metrics, "train_seconds": train_seconds + time.time() - t_start}
+                evals.append(rec)
                 with open(log_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
-        if master and (step % args.sample_every == 0 or step == args.max_steps):
-            metrics = task.validate(ema, os.path.join(args.out_dir, f"{args.task}_preview.png"))
-            rec = {"step": step, **metrics, "train_seconds": train_seconds + time.time() - t_start}
-            evals.append(rec)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
-        if step == args.max_steps:
-            break
-        if step % args.save_every == 0 or step == args.stop_at_step:
-            save()
-        if step == args.stop_at_step:
-            bar.close()
-            if master:
-                print(f"stopped at step {step} as asked; continue with --resume")
-            return
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            if step == args.max_steps:
+                break
+            if step % args.save_every == 0 or step == args.stop_at_step:
+                save()
+            if step == args.stop_at_step:
+                bar.close()
+                if master:
+                    print(f"stopped at step {step} as asked; continue with --resume")
+                return
+    finally:
+        bar.close()
     bar.close()
     if master:
         extra = task.finish(ema)
@@ -354,8 +444,14 @@ def is_finished(out_dir, task):
     return os.path.exists(path) and load_checkpoint(path, expect_task=task).get("finished", False)
 
 
+def is_peer_failure(e):
+    """An error from the collective layer: another process of the torchrun job died or hung up."""
+    return isinstance(e, torch.distributed.DistError) or any(w in str(e) for w in ("gloo", "NCCL", "Connection reset"))
+
+
 def main(argv=None):
     args = get_args(argv)
+    rank, world = 0, 1
     try:
         rank, world, device = setup_distributed(args.device)
         for need in PREREQUISITES.get(args.task, ()):
@@ -377,6 +473,11 @@ def main(argv=None):
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted; continue with --resume")
+    except RuntimeError as e:
+        if world > 1 and is_peer_failure(e):  # a one-line report per surviving process; torchrun names the dead one
+            fail(f"process {rank} of {world} lost its peers ({str(e).splitlines()[0][:120]}); the checkpoint in "
+                 f"{args.out_dir} is whole: rerun the same command with --resume")
+        raise
 
 
 if __name__ == "__main__":
