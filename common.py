@@ -111,10 +111,13 @@ def save_image_grid(images, nrow, path, labels=None):
         draw = ImageDraw.Draw(grid)
         for r, s in enumerate(labels):
             draw.text((4, pad + r * (H * scale + pad) + H * scale // 2 - 5), s, fill="black")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp.png"
-    grid.save(tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        grid.save(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}); choose another path or free disk space") from None
     return np.asarray(grid)
 
 
@@ -138,6 +141,11 @@ def save_loss_curve(history, path, evals=()):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=80)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}); free disk space or choose another --out-dir") \
+            from None
+    finally:
+        plt.close(fig)

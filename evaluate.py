@@ -89,20 +89,24 @@ def read_prompt_suite(path):
     if not os.path.isfile(path):
         raise UserError(f"--prompts: no file at {path}")
     prompts, attrs = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                prompts.append(str(row["prompt"]))
-                attrs.append({k: row[k] for k in J.ATTRS})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f"{path}:{i}: expected {{\"prompt\": ..., \"shape\": ..., \"color\": ..., "
-                                f"\"size\": ..., \"position\": ...}}") from None
-            for k in J.ATTRS:
-                if attrs[-1][k] not in data.ATTRIBUTES[k]:
-                    raise UserError(f"{path}:{i}: {k} {attrs[-1][k]!r} is not one of {', '.join(data.ATTRIBUTES[k])}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise UserError(f"--prompts: {path} is not UTF-8 text") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompts.append(str(row["prompt"]))
+            attrs.append({k: row[k] for k in J.ATTRS})
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{path}:{i}: expected {{\"prompt\": ..., \"shape\": ..., \"color\": ..., "
+                            f"\"size\": ..., \"position\": ...}}") from None
+        for k in J.ATTRS:
+            if attrs[-1][k] not in data.ATTRIBUTES[k]:
+                raise UserError(f"{path}:{i}: {k} {attrs[-1][k]!r} is not one of {', '.join(data.ATTRIBUTES[k])}")
     if not prompts:
         raise UserError(f"--prompts: {path} holds no prompts")
     return prompts, attrs
@@ -116,14 +120,15 @@ def eval_t2i(args):
         raise UserError(f"evaluate.py --task t2i scores Shapes models (its judge reads Shapes attributes); this "
                         f"model was trained on {model.trained_on}. Use sample.py to look at its images")
     size = tokenizer.cfg.image_size
+    suite = read_prompt_suite(args.prompts) if args.prompts else None  # a bad file fails before the judge's minutes
     t0 = time.time()
     judge = J.load_or_train(args.out_dir, size, args.judge_images, args.judge_steps)
     t_judge = time.time() - t0
     generate = lambda prompts: torch.cat([
         text_to_image(model, tokenizer, encoder, prompts[i: i + args.batch_size], n=1, steps=args.steps,
                       cfg=args.cfg, seed=args.seed + i, use_mean=args.use_mean).cpu() for i in range(0, len(prompts), args.batch_size)])
-    if args.prompts:
-        prompts, attrs = read_prompt_suite(args.prompts)
+    if suite:
+        prompts, attrs = suite
         _, pred = J.predict(judge, generate(prompts))
         return {**J.accuracy(pred, J.targets(attrs)), "n": len(prompts), "steps": args.steps, "cfg": args.cfg}
     test = data.ShapesDataset("test", size=size, n=args.n)
@@ -256,9 +261,37 @@ def eval_i2t(args):
 EVALS = {"tokenizer": eval_tokenizer, "t2i": eval_t2i, "i2t": eval_i2t}
 
 
+def read_json_results(path):
+    """What --json FILE already holds (evaluate.py adds its task's section to it), checked before any work is done."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"--json {path} exists but is not readable JSON ({type(e).__name__}); move it away or choose "
+                        f"another file") from None
+    if not isinstance(old, dict):
+        raise UserError(f"--json {path} holds JSON that is not an object; move it away or choose another file")
+    return old
+
+
+def write_json_results(path, old, key, result):
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump({**old, key: result}, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"could not write --json {path} ({e.strerror or e}); the results are printed above") from None
+
+
 def main(argv=None):
     args = get_args(argv)
     try:
+        old = read_json_results(args.json) if args.json else None
+        if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+            raise UserError(f"--json {args.json}: its folder does not exist")
         result = EVALS[args.task](args)
     except (UserError, real_data.DataError) as e:
         fail(str(e))
@@ -271,13 +304,10 @@ def main(argv=None):
         else:
             print(f"  {k:<14} {v:.4g}" if isinstance(v, float) else f"  {k:<14} {v}")
     if args.json:
-        old = {}
-        if os.path.exists(args.json):
-            with open(args.json) as f:
-                old = json.load(f)
-        old[key] = result
-        with open(args.json, "w") as f:
-            json.dump(old, f, indent=2)
+        try:
+            write_json_results(args.json, old, key, result)
+        except UserError as e:
+            fail(str(e))
         print(f"wrote {args.json}")
 
 

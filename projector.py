@@ -67,7 +67,8 @@ class TextEncoder(nn.Module):
 
     def count_truncated(self, captions):
         """How many captions are longer than N tokens (and so get cut)."""
-        return sum(len(ids) > self.num_tokens for ids in self.tokenizer(list(captions))["input_ids"])
+        ids = self.tokenizer(list(captions), verbose=False)["input_ids"]  # verbose: no "longer than 512" warning
+        return sum(len(i) > self.num_tokens for i in ids)
 
     @torch.no_grad()
     def forward(self, captions):

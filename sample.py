@@ -55,17 +55,21 @@ def read_prompts(path):
     if not os.path.isfile(path):
         raise UserError(f"--prompts: no file at {path}")
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("{"):
-                try:
-                    line = json.loads(line)["prompt"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{path}:{i}: a JSON line needs a \"prompt\" string, got {line[:60]!r}") from None
-            prompts.append(str(line))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError:
+        raise UserError(f"--prompts: {path} is not UTF-8 text") from None
+    for i, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                line = json.loads(line)["prompt"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{i}: a JSON line needs a \"prompt\" string, got {line[:60]!r}") from None
+        prompts.append(str(line))
     if not prompts:
         raise UserError(f"--prompts: {path} holds no prompts")
     return prompts
