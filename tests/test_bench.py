@@ -117,7 +117,8 @@ def test_quick_bench_writes_every_section(tmp_path):
         assert r["memory"][f"sample_{d}_mb"] > 50 and r["memory"][f"train_{d}_mb"] > 50  # torch alone is more
     assert r["sampling"]["speedup_vs_ldm2d"] == r["sampling"]["flowtok_img_s"] / r["sampling"]["ldm2d_img_s"]
     assert round(r["mfu"]["gflop_per_forward"] * 1e9) == bench.flow_flops(flow.PRESETS["tiny"], r["mfu"]["rows"])
-    assert 0 < r["mfu"]["mfu"] < 1.5 and r["matmul_peak_gflops"] == r["mfu"]["peak_gflops"]
+    # the MFU's peak: the run's, or the higher one its worker measured right before
+    assert 0 < r["mfu"]["mfu"] < 1.5 and r["mfu"]["peak_gflops"] >= r["matmul_peak_gflops"]
     assert abs(sum(r["pipeline"]["share"].values()) - 1) < 1e-9
     assert 0 < r["data_loader"]["share_of_step"]
     assert len(r["checks"]) == 5 and all(isinstance(v, bool) for v in r["checks"].values())

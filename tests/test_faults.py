@@ -71,6 +71,7 @@ def test_kill_9_at_random_moments_then_resume_equals_the_uninterrupted_run(tmp_p
         if os.path.exists(ck):
             assert load_checkpoint(ck)["step"] % 5 == 0  # the checkpoint on disk is always a whole one
     assert kills >= KILLS and mid_write >= 1, (kills, mid_write)
+    print(f"kills survived: {kills}, {mid_write} of them during a checkpoint write")  # shown by pytest -s
     r = run("train.py", *KILL, "--out-dir", out, "--resume")
     assert "unfinished checkpoint write" in r.stdout or not glob.glob(glob.escape(ck) + ".tmp*")
     assert not glob.glob(glob.escape(ck) + ".tmp*")  # the leftovers are cleared
