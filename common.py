@@ -21,6 +21,17 @@ def fail(message, code=1):
     sys.exit(code)
 
 
+def read_lines(path, flag):
+    """The lines of the UTF-8 text file a command-line flag names, or a UserError saying what is wrong with it."""
+    if not os.path.isfile(path):
+        raise UserError(f"{flag}: no file at {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{flag}: {path} is not UTF-8 text") from None
+
+
 def pick_device(flag):
     """--device: auto (CUDA, then Apple MPS, then CPU), cpu, cuda or mps -> torch.device; a missing GPU is a UserError."""
     if flag == "auto":

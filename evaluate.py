@@ -33,7 +33,7 @@ import real_data
 import flow
 import judge as J
 import tokenizer as tok
-from common import ArgumentParser, UserError, fail, load_checkpoint, pick_device, save_image_grid
+from common import ArgumentParser, UserError, fail, read_lines, load_checkpoint, pick_device, save_image_grid
 from projector import TextEncoder
 from sample import image_to_text, text_to_image
 
@@ -86,15 +86,8 @@ def eval_tokenizer(args):
 
 def read_prompt_suite(path):
     """A JSON-lines prompt list with attributes -> (prompts, attribute dicts). Bad lines: one clear error."""
-    if not os.path.isfile(path):
-        raise UserError(f"--prompts: no file at {path}")
     prompts, attrs = [], []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError:
-        raise UserError(f"--prompts: {path} is not UTF-8 text") from None
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(read_lines(path, "--prompts"), 1):
         if not line.strip():
             continue
         try:

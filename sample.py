@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from common import ArgumentParser, UserError, fail, pick_device, save_image_grid
+from common import ArgumentParser, UserError, fail, read_lines, pick_device, save_image_grid
 import data
 import real_data
 import flow
@@ -52,15 +52,8 @@ def get_args(argv=None):
 
 def read_prompts(path):
     """Prompts from a file: plain lines, or JSON lines with a "prompt" key. Blank lines are skipped."""
-    if not os.path.isfile(path):
-        raise UserError(f"--prompts: no file at {path}")
     prompts = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError:
-        raise UserError(f"--prompts: {path} is not UTF-8 text") from None
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(read_lines(path, "--prompts"), 1):
         line = line.strip()
         if not line:
             continue
