@@ -130,8 +130,9 @@ def test_perceptual_loss_from_a_local_exported_network(tmp_path):
     edge_w = train.TASK_DEFAULTS["tokenizer"]["edge_weight"]
     assert all(abs(r["loss"] - r["rec"] - edge_w * r["edge"] - r["perceptual"] - 1e-6 * r["kl"] / (3 * 16 * 16)) < 1e-6
                for r in recs)
-    r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "missing.pt"), check=False)
+    fresh = str(tmp_path / "fresh")  # (into `out` again, train.py would refuse first: its run is there)
+    r = run("train.py", *TINY, "--out-dir", fresh, "--perceptual", str(tmp_path / "missing.pt"), check=False)
     assert_one_line_error(r, "missing.pt")
     (tmp_path / "junk.pt2").write_bytes(b"junk")
-    r = run("train.py", *TINY, "--out-dir", out, "--perceptual", str(tmp_path / "junk.pt2"), check=False)
+    r = run("train.py", *TINY, "--out-dir", fresh, "--perceptual", str(tmp_path / "junk.pt2"), check=False)
     assert_one_line_error(r, "junk.pt2")
