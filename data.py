@@ -75,11 +75,11 @@ def sample_params(split, index, seed=0):
     return attrs, jitter
 
 
-def render(attrs, jitter=None, size=32):
+def render(attrs, jitter=None, size=32, background=BACKGROUND):
     """Draw one Shapes image (PIL RGB, size x size). `jitter=None` draws the canonical, centred object."""
     j = jitter or {"dx": 0.0, "dy": 0.0, "scale": 1.0, "rot": 0.0, "rgb": [0, 0, 0]}
     S = size * SUPERSAMPLE
-    img = Image.new("RGB", (S, S), BACKGROUND)
+    img = Image.new("RGB", (S, S), tuple(background))
     draw = ImageDraw.Draw(img)
     row, col = divmod(POSITIONS.index(attrs["position"]), 3)
     cx, cy = (GRID[col] + j["dx"]) * S, (GRID[row] + j["dy"]) * S
@@ -181,6 +181,47 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def cache_key(self):
         return f"shapes{SHAPES_VERSION}-{self.split}-{self.size}-{self.n}-{self.seed}"
+
+
+# -----------------------------------------------------------------------------
+# Colour and blur transforms of image batches (B, 3, H, W) in [0, 1]: evaluate.py's perturbed test copies (a
+# user's picture is never exactly the renderer's) and the tokenizer's training augmentation.
+
+def hue_rotation(degrees):
+    """(B,) angles -> (B, 3, 3) rotations of RGB space about the grey axis (Rodrigues' formula): every hue turns by
+    the angle, and greys, the background among them, stay where they are."""
+    a = torch.deg2rad(torch.as_tensor(degrees, dtype=torch.float32))
+    k = torch.full((3,), 3 ** -0.5)
+    K = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])  # k x (cross product)
+    c, s = a.cos()[:, None, None], a.sin()[:, None, None]
+    return c * torch.eye(3) + s * K + (1 - c) * torch.outer(k, k)
+
+
+def rotate_hue(images, degrees):
+    """images (B, 3, H, W), degrees (B,) -> the images with every hue turned, clamped to [0, 1]."""
+    return torch.einsum("bij,bjhw->bihw", hue_rotation(degrees).to(images.device), images).clamp(0, 1)
+
+
+def random_hue(images, prob, generator=None):
+    """Each image's hue turned by a uniform random angle with probability prob, else unchanged: the tokenizer's
+    augmentation, so that it codes colour apart from shape (README, Design choices)."""
+    B = images.shape[0]
+    turn = torch.rand(B, generator=generator) * 360.0 * (torch.rand(B, generator=generator) < prob)
+    return rotate_hue(images, turn)
+
+
+def gaussian_blur(images, sigma, radius=None):
+    """images (B, 3, H, W), sigma (B,) in pixels (0: unchanged) -> each image blurred by its own Gaussian, cut off
+    at `radius` pixels (default: 3 sigma)."""
+    B, C, H, W = images.shape
+    sigma = torch.as_tensor(sigma, dtype=torch.float32).expand(B)
+    r = radius or max(1, int(3 * float(sigma.max()) + 0.5))
+    d = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (d[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)  # (B, 2r + 1); sigma ~ 0: a delta
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0).to(images)  # one kernel per (image, channel)
+    y = torch.nn.functional.pad(images.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
+    y = torch.nn.functional.conv2d(y, k[:, None, None, :], groups=B * C)  # separable: along W, then along H
+    return torch.nn.functional.conv2d(y, k[:, None, :, None], groups=B * C).reshape(B, C, H, W)
 
 
 def pil_to_tensor(img):

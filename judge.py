@@ -50,17 +50,10 @@ NOISE_MAX = 0.04  # std of added Gaussian pixel noise, drawn uniformly in [0, NO
 
 def augment(x, generator=None):
     """x (B, 3, H, W) in [0, 1] -> per-sample random blur (half the batch) and pixel noise."""
-    B, C, H, W = x.shape
+    B, H = x.shape[0], x.shape[2]
     sigma = torch.rand(B, generator=generator) * BLUR_MAX * (H / 32) * (torch.rand(B, generator=generator) < 0.5)
-    r = max(1, int(3 * BLUR_MAX * H / 32 + 0.5))
-    d = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (d[None] / sigma.clamp_min(1e-3)[:, None]) ** 2)  # (B, 2r + 1); sigma ~ 0: a delta
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(C, 0)  # one kernel per (sample, channel)
-    y = F.pad(x.reshape(1, B * C, H, W), (r, r, r, r), mode="replicate")
-    y = F.conv2d(y, k[:, None, None, :], groups=B * C)  # separable: along W, then along H
-    y = F.conv2d(y, k[:, None, :, None], groups=B * C).reshape(B, C, H, W)
     noise = torch.randn(x.shape, generator=generator) * torch.rand(B, 1, 1, 1, generator=generator) * NOISE_MAX
-    return (y + noise).clamp(0, 1)
+    return (data.gaussian_blur(x, sigma, radius=max(1, int(3 * BLUR_MAX * H / 32 + 0.5))) + noise).clamp(0, 1)
 
 
 NUM_TRAIN, STEPS = 20_000, 3000  # the judge's training budget (evaluate.py --judge-images, --judge-steps)
@@ -126,6 +119,30 @@ def accuracy(pred, truth):
     out = {f"acc_{k}": right[:, i].float().mean().item() for i, k in enumerate(ATTRS)}
     out["acc_all"] = right.all(1).float().mean().item()
     return out
+
+
+def split_accuracy(name, pred, truth, attrs):
+    """All-four accuracy of pred against truth (M, 4) overall, on seen and on held-out compositions, and for each
+    held-out (shape, colour) pair: {name: ..., name_seen: ..., name_heldout: ..., name_<colour>_<shape>: ...}."""
+    pairs = [(a["shape"], a["color"]) for a in attrs]
+    right = (pred == truth).all(1).float()
+    held = torch.tensor([p in data.HELDOUT_PAIRS for p in pairs])
+    out = {name: right.mean().item(), f"{name}_seen": right[~held].mean().item()}
+    if held.any():
+        out[f"{name}_heldout"] = right[held].mean().item()
+    for shape, color in sorted(data.HELDOUT_PAIRS):
+        mask = torch.tensor([p == (shape, color) for p in pairs])
+        if mask.any():
+            out[f"{name}_{color}_{shape}"] = right[mask].mean().item()
+    return out
+
+
+def scores(pred, attrs):
+    """Predicted class indices (M, 4) against the true attribute dicts: per-attribute accuracy, and the all-four
+    accuracy overall, on seen and held-out compositions and per held-out pair (split_accuracy)."""
+    truth = targets(attrs)
+    per_attribute = {k: v for k, v in accuracy(pred, truth).items() if k != "acc_all"}
+    return {**per_attribute, **split_accuracy("acc_all", pred, truth, attrs)}
 
 
 def read_captions(captions):

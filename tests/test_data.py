@@ -445,3 +445,38 @@ def test_collate_mixed_batch(tmp_path):
     assert [len(c) for c in batch["captions"]] == [data.CAPTIONS_PER_IMAGE, 2, data.CAPTIONS_PER_IMAGE, 2]
     assert batch["attrs"][1] == {} and batch["attrs"][0] == shapes[0]["attrs"]
     assert torch.equal(batch["image"][1], folder[0]["image"])
+
+
+# -----------------------------------------------------------------------------
+# Colour and blur transforms (the tokenizer's augmentation, evaluate.py's perturbed test copies)
+
+def test_hue_rotation_turns_colours_and_keeps_greys():
+    R = data.hue_rotation(torch.tensor([0.0, 120.0, 240.0, 360.0, 77.0]))
+    assert torch.allclose(R[0], torch.eye(3), atol=1e-6) and torch.allclose(R[3], torch.eye(3), atol=1e-5)
+    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3).expand(5, 3, 3), atol=1e-5)  # rotations
+    grey = torch.full((5, 3, 4, 4), 235 / 255)
+    assert torch.allclose(data.rotate_hue(grey, torch.tensor([0.0, 120.0, 240.0, 360.0, 77.0])), grey, atol=1e-6)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert torch.allclose(data.rotate_hue(red, torch.tensor([120.0])).flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
+    assert torch.allclose(data.rotate_hue(red, torch.tensor([240.0])).flatten(), torch.tensor([0.0, 0.0, 1.0]), atol=1e-5)
+    x = torch.rand(64, 3, 8, 8)
+    turned = data.random_hue(x, 0.5, torch.Generator().manual_seed(0))
+    same = (turned - x).abs().flatten(1).amax(1) < 1e-6
+    assert 16 < same.sum() < 48  # about half the images turn, the rest are untouched
+    assert data.random_hue(x, 0.0).equal(x)
+
+
+def test_gaussian_blur_spreads_a_pixel_and_keeps_the_light():
+    x = torch.zeros(3, 3, 15, 15)
+    x[:, :, 7, 7] = 1.0
+    y = data.gaussian_blur(x, torch.tensor([0.0, 0.8, 2.0]))
+    assert torch.allclose(y[0], x[0], atol=1e-6)  # sigma 0: unchanged
+    assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)), atol=1e-4)  # normalised kernels
+    assert y[1, 0, 7, 7] > y[2, 0, 7, 7] > 0 and y[2, 0, 7, 10] > y[1, 0, 7, 10]  # wider sigma, wider spread
+
+
+def test_render_with_another_background():
+    attrs = {"shape": "square", "color": "red", "size": "small", "position": "top left"}
+    img = np.asarray(data.render(attrs, size=32, background=(128, 128, 128)))
+    assert tuple(img[31, 31]) == (128, 128, 128) and tuple(img[7, 7]) == data.COLORS["red"]
+    assert tuple(np.asarray(data.render(attrs, size=32))[31, 31]) == data.BACKGROUND

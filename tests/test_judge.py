@@ -1,4 +1,5 @@
 """judge.py: labels, accuracy, the Frechet distance, and that a briefly trained judge reads attributes."""
+import pytest
 import torch
 
 import data
@@ -53,3 +54,18 @@ def test_the_judge_split_shows_every_composition():
     train_pairs = {(a["shape"], a["color"]) for a in (data.sample_params("train", i)[0] for i in range(2000))}
     assert not (data.HELDOUT_PAIRS & train_pairs)
     assert data.SHAPES_VERSION in data.ShapesDataset("judge", n=3).cache_key()
+
+
+def test_split_accuracy_and_scores_separate_seen_and_heldout():
+    attrs = [{"shape": s, "color": c, "size": "small", "position": "top"} for s, c in
+             [("circle", "red"), ("circle", "red"), ("triangle", "blue"), ("circle", "yellow"), ("square", "green")]]
+    truth = J.targets(attrs)
+    pred = truth.clone()
+    pred[1, 0] = 2  # a seen image with the wrong shape
+    pred[3, 1] = 0  # the yellow circle (held out) called red
+    out = J.split_accuracy("acc", pred, truth, attrs)
+    approx = lambda x: pytest.approx(x, abs=1e-6)
+    assert out["acc"] == approx(3 / 5) and out["acc_seen"] == approx(2 / 3) and out["acc_heldout"] == approx(1 / 2)
+    assert out["acc_blue_triangle"] == 1.0 and out["acc_yellow_circle"] == 0.0 and "acc_purple_square" not in out
+    s = J.scores(pred, attrs)
+    assert s["acc_shape"] == approx(4 / 5) and s["acc_color"] == approx(4 / 5) and s["acc_all_heldout"] == approx(1 / 2)
