@@ -30,6 +30,7 @@ CFG_FLAG_PROB = 0.1
 # Default guidance scales at sampling (sample.py, evaluate.py, the training previews): FLOWTOK.md's s = 2 for
 # text-to-image; image-to-text's was measured here (README, Design choices).
 T2I_CFG, I2T_CFG = 2.0, 2.5
+T2I_NOISE_SCALE = 1.0  # text-to-image sampling: Z_T = mean + NOISE_SCALE * std * noise
 
 
 @dataclass
@@ -266,15 +267,16 @@ class TextToImage(nn.Module):
         return loss, stats, err, t
 
     @torch.no_grad()
-    def generate(self, text, steps=20, cfg_scale=T2I_CFG, use_mean=False, noise=None, generator=None,
+    def generate(self, text, steps=20, cfg_scale=T2I_CFG, noise_scale=T2I_NOISE_SCALE, noise=None, generator=None,
                  return_trajectory=False):
         """text (B, N, C) -> image latents in flow space (B, N, D) (or the trajectory, see euler_sample).
-        The source is Z_T = mean + exp(logvar / 2) * noise, noise (B, N, D) drawn from `generator` unless
-        given; use_mean=True starts from the mean (one image per prompt)."""
+        The source is Z_T = mean + noise_scale * exp(logvar / 2) * noise, noise (B, N, D) drawn from `generator`
+        unless given: noise_scale 1 samples the projector's Gaussian, 0 starts from its mean (one image per
+        caption)."""
         mean, logvar = self.projector(text.float())
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        z_text = mean if use_mean else mean + torch.exp(0.5 * logvar) * noise
+        z_text = mean + noise_scale * torch.exp(0.5 * logvar) * noise
         return euler_sample(self.flow, z_text, steps, cfg_scale, return_trajectory)
 
 
@@ -311,7 +313,7 @@ class ImageToText(nn.Module):
 
 def load_text_to_image(out_dir, device="cpu"):
     """A trained text-to-image run in `out_dir`: (model, tokenizer, text encoder), EMA weights, eval mode, frozen;
-    model.trained_on names its training data.
+    model.trained_on and model.trained_seed name its training data.
     Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
     import os
     import tokenizer as tok
@@ -329,6 +331,7 @@ def load_text_to_image(out_dir, device="cpu"):
     model = TextToImage(ProjectorConfig(**mc["projector"]), FlowConfig(**mc["flow"]))
     model.load_state_dict(ck["ema"])
     model.trained_on = ck["config"]["data"]  # what --data it was trained on: evaluate.py scores only Shapes models
+    model.trained_seed = ck["config"]["seed"]  # ... and its --seed, which also draws the Shapes training set
     encoder = TextEncoder(mc["text_encoder"], num_tokens=mc["flow"]["num_tokens"])
     return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device), encoder.to(device))
 
@@ -353,6 +356,7 @@ def load_image_to_text(out_dir, device="cpu"):
     model = ImageToText(FlowConfig(**mc["flow"]), mc.get("source_noise", 0.0))
     model.load_state_dict(ck["ema"])
     model.trained_on = ck["config"]["data"]
+    model.trained_seed = ck["config"]["seed"]
     autoencoder, vocab = td.from_checkpoint(ack)
     return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device),
             autoencoder.to(device), vocab)

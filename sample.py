@@ -35,8 +35,9 @@ def get_args(argv=None):
                                              f"{flow.I2T_CFG} for captions)")
     p.add_argument("--temperature", type=float, default=0.0, help="captions: sampling temperature (0: greedy)")
     p.add_argument("--top-k", type=int, help="captions: sample among the k most likely tokens")
-    p.add_argument("--use-mean", action="store_true", help="start from the projector's mean, not a sample "
-                                                            "(one distinct image per prompt)")
+    p.add_argument("--noise-scale", type=float, default=flow.T2I_NOISE_SCALE,
+                   help=f"images: Z_T = mean + NOISE_SCALE * std * noise (0: the projector's mean, one image per prompt; "
+                        f"default {flow.T2I_NOISE_SCALE})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--compile", action="store_true", help="torch.compile the velocity net: faster steps on CUDA after "
@@ -45,6 +46,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.n <= 0 or args.steps <= 0:
         p.error("--n and --steps must be positive")
+    if args.noise_scale < 0:
+        p.error("--noise-scale must be >= 0")
     if args.temperature < 0 or (args.top_k is not None and args.top_k <= 0):
         p.error("--temperature must be >= 0 and --top-k positive")
     return args
@@ -69,15 +72,22 @@ def read_prompts(path):
 
 
 @torch.no_grad()
-def text_to_image(model, tokenizer, encoder, prompts, n=4, steps=20, cfg=flow.T2I_CFG, seed=0, use_mean=False):
-    """prompts (list of P str) -> images (P * n, 3, H, W) in [0, 1], prompt-major. Every prompt gets the same
-    source noise for a seed, so its images do not depend on which prompts share the batch."""
+def text_to_latents(model, encoder, prompts, n=4, steps=20, cfg=flow.T2I_CFG, seed=0, noise_scale=flow.T2I_NOISE_SCALE):
+    """prompts (list of P str) -> image latents in flow space (P * n, N, D), prompt-major. Every prompt gets the
+    same source noise for a seed, so its images do not depend on which prompts share the batch."""
     device = next(model.parameters()).device
     cfg_flow = model.flow.cfg
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(n, cfg_flow.num_tokens, cfg_flow.token_dim, generator=g).repeat(len(prompts), 1, 1)
     text = encoder(prompts).to(device).repeat_interleave(n, 0)  # (P * n, N, C)
-    z = model.generate(text, steps, cfg, use_mean=use_mean, noise=noise.to(device))
+    return model.generate(text, steps, cfg, noise_scale, noise=noise.to(device))
+
+
+@torch.no_grad()
+def text_to_image(model, tokenizer, encoder, prompts, n=4, steps=20, cfg=flow.T2I_CFG, seed=0,
+                  noise_scale=flow.T2I_NOISE_SCALE):
+    """prompts (list of P str) -> images (P * n, 3, H, W) in [0, 1], prompt-major (see text_to_latents)."""
+    z = text_to_latents(model, encoder, prompts, n, steps, cfg, seed, noise_scale)
     return tokenizer.decode(tokenizer.from_flow(z)).clamp(0, 1)
 
 
@@ -94,14 +104,20 @@ def read_image(path, size):
 
 
 @torch.no_grad()
+def image_to_latents(model, tokenizer, images, steps=20, cfg=flow.I2T_CFG, seed=0):
+    """images (B, 3, H, W) in [0, 1] -> text latents Z_T (B, N, D) for the decoder: Z_I (posterior mean) -> flow."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    return model.generate(tokenizer.to_flow(tokenizer.encode(images.to(device))[0]), steps, cfg, generator=g)
+
+
+@torch.no_grad()
 def image_to_text(model, tokenizer, autoencoder, vocab, images, steps=20, cfg=flow.I2T_CFG, temperature=0.0,
                   top_k=None, seed=0):
     """images (B, 3, H, W) in [0, 1] -> B captions: Z_I (posterior mean) -> flow -> Z_T -> decoder."""
-    device = next(model.parameters()).device
-    g = torch.Generator(device=device).manual_seed(seed)
-    z = model.generate(tokenizer.to_flow(tokenizer.encode(images.to(device))[0]), steps, cfg, generator=g)
-    ids = autoencoder.decoder.generate(autoencoder.from_flow(z), temperature=temperature, top_k=top_k,
-                                       generator=g if temperature > 0 else None)
+    z = image_to_latents(model, tokenizer, images, steps, cfg, seed)
+    g = torch.Generator(device=z.device).manual_seed(seed) if temperature > 0 else None
+    ids = autoencoder.decoder.generate(autoencoder.from_flow(z), temperature=temperature, top_k=top_k, generator=g)
     return [vocab.decode(i) for i in ids]
 
 
@@ -143,7 +159,7 @@ def draw_prompts(args):
     for p in long:
         print(f"warning: prompt longer than {encoder.num_tokens} tokens, truncated: {p!r}")
     cfg = flow.T2I_CFG if args.cfg is None else args.cfg
-    images = text_to_image(model, tokenizer, encoder, prompts, args.n, args.steps, cfg, args.seed, args.use_mean)
+    images = text_to_image(model, tokenizer, encoder, prompts, args.n, args.steps, cfg, args.seed, args.noise_scale)
     save_image_grid(images, nrow=args.n, path=args.out, labels=[p[:40] for p in prompts])
     print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} image(s), {args.steps} steps, cfg {cfg})")
 

@@ -134,3 +134,18 @@ def test_t_distributions_weight_the_start_of_the_path_differently():
     assert abs((un < 0.1).float().mean().item() - 0.1) < 0.005
     assert abs((early < 0.1).float().mean().item() - 0.1 ** 0.5) < 0.005  # P(u^2 < 0.1) = P(u < 0.316)
     assert abs((early > 0.9).float().mean().item() - (1 - 0.9 ** 0.5)) < 0.003  # the end of the path: 5%, not 10%
+
+
+def test_generate_scales_the_source_noise_around_the_projector_mean():
+    import projector as pj
+    torch.manual_seed(0)
+    pcfg = pj.ProjectorConfig(**{**vars(pj.PRESETS["tiny"]), "text_dim": 8, "num_tokens": 4, "token_dim": 6})
+    fcfg = flow.FlowConfig(**{**vars(flow.PRESETS["tiny"]), "num_tokens": 4, "token_dim": 6})
+    model = flow.TextToImage(pcfg, fcfg).eval()
+    text = torch.randn(3, 4, 8)
+    traj = lambda scale, noise: model.generate(text, steps=2, noise_scale=scale, noise=noise, return_trajectory=True)
+    mean, logvar = model.projector(text)
+    n1, n2 = torch.randn(3, 4, 6), torch.randn(3, 4, 6)
+    assert torch.allclose(traj(0.0, n1)[0], mean) and torch.equal(traj(0.0, n1)[-1], traj(0.0, n2)[-1])
+    assert torch.allclose(traj(0.5, n1)[0], mean + 0.5 * torch.exp(0.5 * logvar) * n1)
+    assert not torch.equal(traj(1.0, n1)[-1], traj(1.0, n2)[-1])

@@ -117,9 +117,12 @@ def test_evaluate_t2i_reports_everything(trained, tmp_path):
     run("evaluate.py", "--task", "t2i", "--out-dir", trained, "--n", "60", *JUDGE, "--steps", "4",
         "--json", res_path)
     res = json.load(open(res_path))["t2i"]
-    for k in ("judge_acc", "recon_judge_acc", "acc_all_seen", "acc_all_heldout", "acc_shape", "acc_color",
-              "acc_size", "acc_position"):
+    for k in ("judge_acc", "recon_judge_acc", "recon_judge_acc_seen", "recon_judge_acc_heldout", "acc_all_seen",
+              "acc_all_heldout", "acc_shape", "acc_color", "acc_size", "acc_position", "probe_text_zt_heldout",
+              "probe_real_zi_heldout", "probe_generated_zi_heldout"):
         assert 0.0 <= res[k] <= 1.0, (k, res[k])
+    pairs = [k for k in res if k.startswith("acc_all_") and k.count("_") == 3]  # acc_all_<colour>_<shape>
+    assert pairs and all(p[len("acc_all_"):] in ("yellow_circle", "purple_square", "blue_triangle") for p in pairs)
     assert res["fd"] >= 0 and res["n"] == 60 and 0 < res["n_heldout"] < 60 and res["steps"] == 4
     import data
     assert os.path.exists(os.path.join(trained, f"judge-16-{data.SHAPES_VERSION}-512x40.pt"))
