@@ -41,12 +41,12 @@ def tokenizer_config(args):
 
 def load_judge_if_there(out_dir, val_set, n_val, device):
     """With a Shapes judge already in the out-dir (evaluate.py makes it; it is never trained here), validation
-    also reports what the judge reads off the pictures. Returns (judge or None, labels of the first n_val)."""
+    also reports what the judge reads off the pictures. Returns (judge or None, attributes of the first n_val)."""
     path = os.path.join(out_dir, judge.judge_name(val_set.size))
     if not (isinstance(val_set, data.ShapesDataset) and os.path.exists(path)):
         return None, None
-    labels = judge.targets([data.sample_params("val", i, val_set.seed)[0] for i in range(n_val)])
-    return judge.load_or_train(out_dir, val_set.size).to(device), labels
+    attrs = [data.sample_params("val", i, val_set.seed)[0] for i in range(n_val)]
+    return judge.load_or_train(out_dir, val_set.size).to(device), attrs
 
 
 class TokenizerTask:
@@ -74,11 +74,14 @@ class TokenizerTask:
         """Load the data; returns the number of training samples."""
         self.images = master_first(lambda: data.image_tensor(train_set, cache_dir=cache, desc="train set"))
         self.val_images = torch.stack([val_set[i]["image"] for i in range(min(256, len(val_set)))]).to(self.device)
-        self.judge, self.val_truth = load_judge_if_there(self.args.out_dir, val_set, len(self.val_images), self.device)
+        self.judge, self.val_attrs = load_judge_if_there(self.args.out_dir, val_set, len(self.val_images), self.device)
         return len(self.images)
 
     def batch(self, idx):
-        return {"image": torch.as_tensor(self.images[idx.numpy()]).to(self.device).float().div_(255.0)}
+        images = torch.as_tensor(self.images[idx.numpy()]).to(self.device).float().div_(255.0)
+        if self.args.hue_augment > 0:
+            images = data.random_hue(images, self.args.hue_augment)
+        return {"image": images}
 
     def loss(self, model, batch):
         loss, stats, _ = model(batch["image"], kl_weight=self.args.kl_weight, perceptual=self.perceptual,
@@ -97,7 +100,7 @@ class TokenizerTask:
         out = {"val_psnr": tok.psnr(recon, images).mean().item()}
         if self.judge is not None:  # how well the judge reads the reconstructions: the ceiling for t2i
             _, pred = judge.predict(self.judge, recon.clamp(0, 1))
-            out.update({f"val_recon_{k}": v for k, v in judge.accuracy(pred.cpu(), self.val_truth).items()})
+            out.update({f"val_recon_{k}": v for k, v in judge.scores(pred.cpu(), self.val_attrs).items()})
         return out
 
     @torch.no_grad()
@@ -241,7 +244,7 @@ class T2ITask:
         val_images = torch.stack([val_set[i]["image"] for i in range(n_val)])
         self.val_z = self.tokenizer.to_flow(self.tokenizer.encode(val_images.to(self.device))[0])
         self.prompts = [val_set.caption(i) for i in range(min(8, n_val))]
-        self.judge, self.val_truth = load_judge_if_there(self.args.out_dir, val_set, n_val, self.device)
+        self.judge, self.val_attrs = load_judge_if_there(self.args.out_dir, val_set, n_val, self.device)
         return len(train_set)
 
     def batch(self, idx):
@@ -273,7 +276,7 @@ class T2ITask:
         if self.judge is not None:  # one sample per validation caption, read by the judge
             z = ema.generate(self.val_text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
             _, pred = judge.predict(self.judge, self.tokenizer.decode(self.tokenizer.from_flow(z)).clamp(0, 1))
-            out.update({f"val_{k}": v for k, v in judge.accuracy(pred.cpu(), self.val_truth).items()})
+            out.update({f"val_{k}": v for k, v in judge.scores(pred.cpu(), self.val_attrs).items()})
         return out
 
     def finish(self, ema):

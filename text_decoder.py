@@ -89,6 +89,16 @@ def pack(vocab, texts, max_len):
     return inputs, targets, n_cut
 
 
+def drop_words(inputs, p, generator=None):
+    """Word dropout (Bowman et al. 2016) on decoder inputs (M, L): each token after the start one becomes EOT with
+    probability p, so the next token has to come from Z_T rather than from the words before. Targets stay."""
+    if p <= 0:
+        return inputs
+    drop = torch.rand(inputs.shape, generator=generator) < p
+    drop[:, 0] = False
+    return inputs.masked_fill(drop, EOT)
+
+
 # -----------------------------------------------------------------------------
 # The decoder
 

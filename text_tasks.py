@@ -63,7 +63,8 @@ class TextAETask:
     """The text autoencoder (text_decoder.py): projector -> Z_T -> decoder on every reference caption of the training
     images (text-encoder embeddings computed once and cached): token cross-entropy, + mean_weight * the cross-entropy
     of writing a caption from the average Z_T of 2..K captions of its image (the image-to-text flow lands on such
-    means), + kl_weight * KL. The vocabulary comes from the training captions, so the model is built in prepare().
+    means), + kl_weight * KL. A share word_dropout of the decoder's input tokens is blanked, so that it reads the
+    caption from Z_T rather than from the words before (README, Design choices). The vocabulary comes from the training captions, so the model is built in prepare().
     Preview: validation captions and their reconstructions."""
 
     def __init__(self, args):
@@ -114,8 +115,9 @@ class TextAETask:
         chosen = torch.arange(g.shape[1]) < k[:, None]  # (B, K)
         j = g[:, 0]
         L = int((self.targets[j] != td.IGNORE).sum(1).max())  # no compute on columns that are padding throughout
+        inputs = td.drop_words(self.inputs[j, :L], self.args.word_dropout)
         return {"text": self.text[g.clamp_min(0)].to(self.device).float(), "chosen": chosen.to(self.device),
-                "inputs": self.inputs[j, :L].to(self.device), "targets": self.targets[j, :L].to(self.device)}
+                "inputs": inputs.to(self.device), "targets": self.targets[j, :L].to(self.device)}
 
     def loss(self, model, batch):
         return model(batch["text"], batch["chosen"], batch["inputs"], batch["targets"], self.args.kl_weight,
@@ -194,8 +196,7 @@ class I2TTask:
         refs = [val_set.all_captions(i) for i in range(n_val)]
         text = self.encoder([c for cs in refs for c in cs]).to(self.device)
         self.val_target = self.autoencoder.to_flow(self.autoencoder.caption_means(text, [len(cs) for cs in refs]))
-        attrs = shapes_truth(val_set, n_val)
-        self.val_truth = None if attrs is None else judge.targets(attrs)
+        self.val_attrs = shapes_truth(val_set, n_val)
         return len(train_set)
 
     def batch(self, idx):
@@ -219,8 +220,8 @@ class I2TTask:
         z = self.autoencoder.from_flow(ema.generate(self.val_z, SAMPLE_STEPS, flow.I2T_CFG, generator=g))
         captions = [self.vocab.decode(ids) for ids in self.autoencoder.decoder.generate(z)]
         save_image_grid(self.val_images[:8], nrow=1, path=path, labels=captions[:8])
-        if self.val_truth is not None:
-            out.update({f"val_{k}": v for k, v in judge.accuracy(judge.read_captions(captions), self.val_truth).items()})
+        if self.val_attrs is not None:
+            out.update({f"val_{k}": v for k, v in judge.scores(judge.read_captions(captions), self.val_attrs).items()})
         return out
 
     def finish(self, ema):

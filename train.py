@@ -54,13 +54,13 @@ from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema
 TASK_DEFAULTS = {
     "tokenizer": dict(preset="cpu", batch_size=16, max_steps=4000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                      kl_weight=1e-6, edge_weight=1.0),
+                      kl_weight=1e-6, edge_weight=1.0, hue_augment=0.0),
     "t2i": dict(preset="cpu", batch_size=128, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                 kl_weight=1e-4, align_weight=1.0, t_dist="uniform"),
     "textae": dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
-                   mean_weight=1.0),
+                   mean_weight=1.0, word_dropout=0.0),
     "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
 }
@@ -115,6 +115,10 @@ def get_args(argv=None):
     p.add_argument("--gather-negatives", action="store_true",
                    help="t2i under torchrun: alignment-loss negatives from every process's batch")
     p.add_argument("--edge-weight", type=float, help="tokenizer: weight of the L2 between image gradients (edges)")
+    p.add_argument("--hue-augment", type=float, help="tokenizer: probability of turning a training image's hue by a "
+                                                     "random angle (colour apart from shape)")
+    p.add_argument("--word-dropout", type=float, help="textae: share of the decoder's input tokens blanked in training "
+                                                      "(it then reads the caption from Z_T)")
     p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local feature network (torch.export .pt2 or "
                    "TorchScript; images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
     p.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the perceptual loss")
@@ -138,6 +142,12 @@ def get_args(argv=None):
     presets = tok.PRESETS if args.task == "tokenizer" else flow.PRESETS
     if args.preset not in presets:
         p.error(f"--preset {args.preset!r} is not a {args.task} preset; choose one of {', '.join(presets)}")
+    if args.task != "tokenizer" and args.hue_augment is not None:
+        p.error(f"--hue-augment applies to --task tokenizer, not {args.task}")
+    if args.task != "textae" and args.word_dropout is not None:
+        p.error(f"--word-dropout applies to --task textae, not {args.task}")
+    if args.word_dropout is not None and not 0 <= args.word_dropout < 1:
+        p.error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
     if args.source_noise < 0:
         p.error(f"--source-noise must be >= 0, got {args.source_noise}")
     if not 0 <= args.cfg_prob < 1:

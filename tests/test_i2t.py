@@ -56,6 +56,16 @@ def test_pack_shifts_targets_by_one_and_counts_cut_captions():
     assert targets[0].tolist()[2:] == [td.IGNORE] * 3 and inputs[0].tolist()[2:] == [td.EOT] * 3
 
 
+def test_word_dropout_blanks_inputs_but_never_the_start():
+    inputs, _, _ = td.pack(VOCAB, CAPTIONS * 100, max_len=16)
+    assert td.drop_words(inputs, 0.0).equal(inputs)
+    dropped = td.drop_words(inputs, 0.3, torch.Generator().manual_seed(0))
+    changed = dropped != inputs
+    assert (dropped[changed] == td.EOT).all() and (dropped[:, 0] == td.EOT).all()
+    words = inputs[:, 1:] != td.EOT
+    assert 0.25 < changed[:, 1:][words].float().mean() < 0.35  # about p of the words
+
+
 # -----------------------------------------------------------------------------
 # The decoder
 
@@ -202,7 +212,8 @@ def test_evaluate_i2t_reports_everything(trained, tmp_path):
     r = run("evaluate.py", "--task", "i2t", "--out-dir", trained, "--n", "40", "--steps", "4", "--json", res_path)
     res = json.load(open(res_path))["i2t"]
     for k in ("acc_all", "acc_all_seen", "acc_all_heldout", "acc_shape", "acc_color", "acc_size", "acc_position",
-              "bleu4", "rougeL", "cider", "ae_exact", "ae_mean_ref"):
+              "bleu4", "rougeL", "cider", "ae_exact", "ae_mean_ref", "probe_real_zi_heldout", "probe_target_zt_heldout",
+              "probe_flow_zt_heldout", "acc_all_background_mid_grey", "acc_all_hue_10", "acc_all_blur_0.8"):
         assert 0.0 <= res[k] <= 10.0, (k, res[k])
     assert res["n"] == 40 and len(res["examples"]) == 5 and "examples" in r.stdout
     assert os.path.getsize(os.path.join(trained, "i2t_eval.png")) > 0

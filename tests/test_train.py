@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import train
@@ -112,6 +113,16 @@ def test_bad_flags_are_usage_errors(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1 and flags[0] in r.stderr, r.stderr
     r = run("train.py", "--task", "nope", check=False)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_task_specific_flags_are_errors_elsewhere(capsys):
+    for argv, says in ((["--task", "t2i", "--hue-augment", "0.5"], "--hue-augment applies to --task tokenizer"),
+                       (["--task", "i2t", "--word-dropout", "0.2"], "--word-dropout applies to --task textae"),
+                       (["--task", "textae", "--word-dropout", "1.5"], "--word-dropout must be in [0, 1)")):
+        with pytest.raises(SystemExit) as e:
+            train.get_args(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err, argv
+    assert train.get_args(["--task", "tokenizer"]).hue_augment == train.TASK_DEFAULTS["tokenizer"]["hue_augment"]
 
 
 def test_evaluate_without_checkpoint_names_the_command(tmp_path):
