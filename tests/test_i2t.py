@@ -1,5 +1,6 @@
 """Image-to-text: the text decoder and its vocabulary, the captioning metrics, and train.py --task textae / i2t,
 sample.py --image and evaluate.py --task i2t end to end on tiny models."""
+import argparse
 import json
 import os
 import shutil
@@ -271,6 +272,7 @@ def test_textae_batch_writes_one_caption_and_averages_captions_of_its_image():
     from text_tasks import TextAETask
     task = object.__new__(TextAETask)  # just the batching: no encoder, no data set
     task.device = "cpu"
+    task.args = argparse.Namespace(word_dropout=0.0)
     task.groups = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]])  # image 1 has one caption, image 2 two
     task.text = torch.arange(6.0).view(6, 1, 1).expand(6, 2, 3).half()  # each embedding holds its caption's index
     captions = [f"caption number {k}" * (k + 1) for k in range(6)]
