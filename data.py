@@ -164,6 +164,10 @@ class ShapesDataset(torch.utils.data.Dataset):
         attrs, jitter = sample_params(self.split, i, self.seed)
         return make_caption(attrs, np.random.default_rng(jitter["template"]))
 
+    def attrs(self, i):
+        """The attributes of sample i, without rendering its image."""
+        return sample_params(self.split, i, self.seed)[0]
+
     def all_captions(self, i):
         """All CAPTIONS_PER_IMAGE reference captions of sample i (the first is `caption(i)`): independent wordings
         of the same attributes, which may repeat."""

@@ -97,7 +97,7 @@ def eval_tokenizer(args):
            "seconds": time.time() - t0}
     if isinstance(test, data.ShapesDataset):  # what the Shapes judge reads off the reconstructions, pair by pair
         judge = J.load_or_train(args.out_dir, model.cfg.image_size, args.judge_images, args.judge_steps)
-        attrs = [data.sample_params(test.split, i, test.seed)[0] for i in range(n)]
+        attrs = [test.attrs(i) for i in range(n)]
         out.update(J.split_accuracy("recon_judge_acc", J.predict(judge, recons)[1], J.targets(attrs), attrs))
     return out
 
@@ -123,11 +123,6 @@ def read_prompt_suite(path):
     return prompts, attrs
 
 
-def train_attrs(seed, n):
-    """Attributes of the first n images of the Shapes train split the model saw (its --seed)."""
-    return [data.sample_params("train", i, seed)[0] for i in range(n)]
-
-
 PROBE_IMAGES = 4000  # training images (and their captions) the linear probes are fitted on; seen pairs only
 
 
@@ -137,7 +132,7 @@ def image_latent_probe(tokenizer, seed, device):
     train = data.ShapesDataset("train", size=tokenizer.cfg.image_size, n=PROBE_IMAGES, seed=seed)
     images = torch.stack([train[i]["image"] for i in range(len(train))])
     z = torch.cat([tokenizer.encode(x.to(device))[0].cpu() for x in images.split(500)])
-    return probes.fit(z, J.targets(train_attrs(seed, len(train))), [len(v) for v in data.ATTRIBUTES.values()])
+    return probes.fit(z, J.targets([train.attrs(i) for i in range(len(train))]), [len(v) for v in data.ATTRIBUTES.values()])
 
 
 @torch.no_grad()
@@ -163,7 +158,7 @@ def eval_t2i(args):
         return {**J.scores(pred, attrs), "n": len(prompts), "steps": args.steps, "cfg": args.cfg}
     test = open_split(args, "shapes", size, model.trained_seed)
     real = torch.stack([test[i]["image"] for i in range(len(test))])
-    attrs = [data.sample_params(test.split, i, test.seed)[0] for i in range(len(test))]
+    attrs = [test.attrs(i) for i in range(len(test))]
     truth = J.targets(attrs)
     feats_real, pred_real = J.predict(judge, real)
     z_real = torch.cat([tokenizer.encode(x.to(device))[0].cpu() for x in real.split(args.batch_size)])
@@ -180,10 +175,10 @@ def eval_t2i(args):
     # Z_T (projector mean), the image tokens Z_I of the real test images, and the Z_I the flow generates.
     seed = model.trained_seed
     zi_probe = image_latent_probe(tokenizer, seed, device)
-    train_text = encoder([data.ShapesDataset("train", n=PROBE_IMAGES, seed=seed).caption(i)
-                          for i in range(PROBE_IMAGES)]).to(device)
+    train = data.ShapesDataset("train", n=PROBE_IMAGES, seed=seed)
+    train_text = encoder([train.caption(i) for i in range(len(train))]).to(device)
     zt = lambda text: torch.cat([model.projector(x.to(device))[0].cpu() for x in text.split(args.batch_size)])
-    zt_probe = probes.fit(zt(train_text), J.targets(train_attrs(seed, PROBE_IMAGES)),
+    zt_probe = probes.fit(zt(train_text), J.targets([train.attrs(i) for i in range(len(train))]),
                           [len(v) for v in data.ATTRIBUTES.values()])
     chain = {**J.split_accuracy("probe_text_zt", zt_probe.predict(zt(encoder(captions))), truth, attrs),
              **J.split_accuracy("probe_real_zi", zi_probe.predict(z_real), truth, attrs),
@@ -328,7 +323,7 @@ def eval_i2t(args):
         train = data.ShapesDataset("train", n=PROBE_IMAGES // 2, seed=seed)
         train_refs = [train.all_captions(i) for i in range(len(train))]
         train_means = autoencoder.caption_means(embed([c for r in train_refs for c in r]), [len(r) for r in train_refs])
-        zt_probe = probes.fit(train_means.cpu(), J.targets(train_attrs(seed, len(train))),
+        zt_probe = probes.fit(train_means.cpu(), J.targets([train.attrs(i) for i in range(len(train))]),
                               [len(v) for v in data.ATTRIBUTES.values()])
         out.update(J.split_accuracy("probe_real_zi", image_latent_probe(tokenizer, seed, device).predict(z_real),
                                   truth, attrs))

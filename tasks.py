@@ -45,7 +45,7 @@ def load_judge_if_there(out_dir, val_set, n_val, device):
     path = os.path.join(out_dir, judge.judge_name(val_set.size))
     if not (isinstance(val_set, data.ShapesDataset) and os.path.exists(path)):
         return None, None
-    attrs = [data.sample_params("val", i, val_set.seed)[0] for i in range(n_val)]
+    attrs = [val_set.attrs(i) for i in range(n_val)]
     return judge.load_or_train(out_dir, val_set.size).to(device), attrs
 
 

@@ -41,7 +41,7 @@ def shapes_truth(val_set, n):
     """Attributes of the first n samples of a Shapes split, or None for real data."""
     if not isinstance(val_set, data.ShapesDataset):
         return None
-    return [data.sample_params(val_set.split, i, val_set.seed)[0] for i in range(n)]
+    return [val_set.attrs(i) for i in range(n)]
 
 
 # -----------------------------------------------------------------------------

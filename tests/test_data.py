@@ -480,3 +480,8 @@ def test_render_with_another_background():
     img = np.asarray(data.render(attrs, size=32, background=(128, 128, 128)))
     assert tuple(img[31, 31]) == (128, 128, 128) and tuple(img[7, 7]) == data.COLORS["red"]
     assert tuple(np.asarray(data.render(attrs, size=32))[31, 31]) == data.BACKGROUND
+
+
+def test_attrs_without_rendering_are_the_samples_attrs():
+    ds = data.ShapesDataset("val", n=20, seed=3)
+    assert all(ds.attrs(i) == ds[i]["attrs"] for i in range(20))
