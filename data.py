@@ -143,6 +143,17 @@ def parse_caption(text):
             "position": pos}
 
 
+COLOR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+
+
+def recolor(caption, color):
+    """`caption` with its Shapes colour word replaced by `color`: text only, no image. The text autoencoder's
+    augmentation (train.py --recolor), so that it meets every colour word with every shape word, as the tokenizer's
+    hue rotation shows it every colour on every shape; neither pairs a caption with a picture (README, Design
+    choices)."""
+    return COLOR_WORD.sub(color, caption)
+
+
 # -----------------------------------------------------------------------------
 # Shapes: the dataset
 

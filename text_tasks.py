@@ -64,7 +64,8 @@ class TextAETask:
     images (text-encoder embeddings computed once and cached): token cross-entropy, + mean_weight * the cross-entropy
     of writing a caption from the average Z_T of 2..K captions of its image (the image-to-text flow lands on such
     means), + kl_weight * KL. A share word_dropout of the decoder's input tokens is blanked, so that it reads the
-    caption from Z_T rather than from the words before (README, Design choices). The vocabulary comes from the training captions, so the model is built in prepare().
+    caption from Z_T rather than from the words before; a share recolor of the images' captions get another colour
+    word (text only; data.recolor) (README, Design choices). The vocabulary comes from the training captions, so the model is built in prepare().
     Preview: validation captions and their reconstructions."""
 
     def __init__(self, args):
@@ -82,6 +83,8 @@ class TextAETask:
 
     def prepare(self, train_set, val_set, cache, master_first):
         self.unique, self.text, self.groups = master_first(lambda: caption_groups(train_set, self.encoder, cache))
+        if self.args.recolor > 0:  # Shapes only (train.py checks)
+            self.recolor_table = master_first(lambda: self.add_recolored(cache))
         self.vocab = td.Vocab.build(self.unique)
         pcfg = self.pcfg
         dcfg = td.DecoderConfig(**{**vars(td.PRESETS[self.args.preset]), "vocab_size": len(self.vocab),
@@ -105,9 +108,25 @@ class TextAETask:
               f"(up to {self.groups.shape[1]} each), vocabulary of {len(self.vocab)} tokens")
         return len(self.groups)
 
+    def add_recolored(self, cache):
+        """Every distinct caption in every Shapes colour: the new ones embedded (cached) and appended to self.unique
+        and self.text. Returns table (U', C): the index of caption u with colour word c."""
+        colors = list(data.COLORS)
+        own = set(self.unique)
+        new, text, _ = embed_unique(self.encoder, [v for c in self.unique for k in colors
+                                                   if (v := data.recolor(c, k)) not in own], cache)
+        self.unique, self.text = self.unique + new, torch.cat([self.text, text])  # the groups' indices still hold
+        where = {c: i for i, c in enumerate(self.unique)}
+        return torch.tensor([[where[data.recolor(c, k)] for k in colors] for c in self.unique])
+
     def batch(self, idx):
-        """Image idx's captions in random order (column 0 is written), and 2..K of them chosen for the average."""
+        """Image idx's captions in random order (column 0 is written), and 2..K of them chosen for the average;
+        with --recolor P, a share P of the images have all their captions' colour word swapped for a random one."""
         g = self.groups[idx]  # (B, K)
+        if self.args.recolor > 0:
+            swap = torch.rand(len(g)) < self.args.recolor
+            color = torch.randint(0, self.recolor_table.shape[1], (len(g), 1)).expand_as(g)
+            g = torch.where(swap[:, None] & (g >= 0), self.recolor_table[g.clamp_min(0), color], g)
         valid = g >= 0
         order = torch.rand(g.shape).masked_fill(~valid, 2.0).argsort(1)  # this image's captions first, shuffled
         g, n = g.gather(1, order), valid.sum(1)
@@ -147,7 +166,8 @@ class TextAETask:
     @torch.no_grad()
     def finish(self, ema):
         """Measure Z_T's scale factor on the training captions and store it in the (EMA) weights."""
-        ema.latent_scale.fill_(td.measure_latent_scale(ema, self.text.to(self.device)).item())
+        own = self.groups[self.groups >= 0].unique()  # the training images' captions, not the recoloured ones
+        ema.latent_scale.fill_(td.measure_latent_scale(ema, self.text[own].to(self.device)).item())
         return {"latent_scale": ema.latent_scale.item()}
 
 

@@ -60,7 +60,7 @@ TASK_DEFAULTS = {
                 kl_weight=1e-4, align_weight=1.0, t_dist="uniform"),
     "textae": dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
-                   mean_weight=1.0, word_dropout=0.0),
+                   mean_weight=1.0, word_dropout=0.0, recolor=0.0),
     "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
 }
@@ -119,6 +119,8 @@ def get_args(argv=None):
                                                      "random angle (colour apart from shape)")
     p.add_argument("--word-dropout", type=float, help="textae: share of the decoder's input tokens blanked in training "
                                                       "(it then reads the caption from Z_T)")
+    p.add_argument("--recolor", type=float, help="textae, Shapes: share of the training images whose captions get a "
+                                                 "random other colour word (text only: every colour meets every shape)")
     p.add_argument("--perceptual", metavar="PATH", help="tokenizer: a local feature network (torch.export .pt2 or "
                    "TorchScript; images in [0, 1] -> features) for a perceptual loss; nothing is downloaded")
     p.add_argument("--perceptual-weight", type=float, default=1.0, help="weight of the perceptual loss")
@@ -136,6 +138,8 @@ def get_args(argv=None):
     p.add_argument("--stop-at-step", type=int, help="save and exit at this step, as a planned interruption "
                                                       "(the schedule still runs to --max-steps)")
     args = p.parse_args(argv)
+    if args.recolor and args.data != "shapes":
+        p.error(f"--recolor swaps Shapes colour words and applies to --data shapes, not {args.data}")
     for k, v in TASK_DEFAULTS[args.task].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -148,6 +152,10 @@ def get_args(argv=None):
         p.error(f"--word-dropout applies to --task textae, not {args.task}")
     if args.word_dropout is not None and not 0 <= args.word_dropout < 1:
         p.error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
+    if args.task != "textae" and args.recolor is not None:
+        p.error(f"--recolor applies to --task textae, not {args.task}")
+    if args.recolor is not None and not 0 <= args.recolor <= 1:
+        p.error(f"--recolor must be in [0, 1], got {args.recolor}")
     if args.source_noise < 0:
         p.error(f"--source-noise must be >= 0, got {args.source_noise}")
     if not 0 <= args.cfg_prob < 1:

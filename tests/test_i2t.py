@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+import data
 import text_decoder as td
 from test_train import run, read_log, assert_one_line_error
 
@@ -268,11 +269,60 @@ def test_textae_loss_adds_the_mean_term_only_when_asked():
     assert "ce_mean" not in stats
 
 
+class _NamingEncoder:
+    """Stands in for the text encoder: caption -> an embedding that holds the caption's number in `names`."""
+    name, num_tokens = "naming", 2
+
+    def __init__(self):
+        self.names = []
+
+    def count_truncated(self, captions):
+        return 0
+
+    def __call__(self, captions):
+        for c in captions:
+            if c not in self.names:
+                self.names.append(c)
+        return torch.tensor([float(self.names.index(c)) for c in captions]).view(-1, 1, 1).expand(-1, 2, 3)
+
+
+def test_textae_recolor_swaps_one_colour_word_for_all_captions_of_an_image():
+    from text_tasks import TextAETask
+    task = object.__new__(TextAETask)
+    task.device, task.encoder = "cpu", _NamingEncoder()
+    task.unique = ["a big red box at the top", "a red square, large, at the top", "a tiny green disc on the left"]
+    task.groups = torch.tensor([[0, 1], [2, -1]])  # image 0: two captions of one large red square; image 1: one
+    task.text = task.encoder(task.unique)
+    own = [[data.parse_caption(task.unique[k]) for k in ks] for ks in ([0, 1], [2])]
+    task.recolor_table = task.add_recolored(None)
+    assert len(task.unique) == 3 * len(data.COLORS) and set(task.unique) >= {"a tiny blue disc on the left"}
+    assert [task.unique[k] for k in task.groups[0]] == ["a big red box at the top", "a red square, large, at the top"]
+    task.inputs, task.targets, _ = td.pack(td.Vocab.build(task.unique), task.unique, 64)
+    vocab = td.Vocab.build(task.unique)
+    for recolor in (0.0, 1.0):
+        task.args = argparse.Namespace(word_dropout=0.0, recolor=recolor)
+        colors = set()
+        for seed in range(40):
+            torch.manual_seed(seed)
+            b = task.batch(torch.tensor([0, 1]))
+            for row in range(2):
+                cols = [task.encoder.names[int(v)] for v in b["text"][row, b["chosen"][row], 0, 0]]
+                written = vocab.decode([t for t in b["targets"][row].tolist() if t != td.IGNORE])
+                assert written == cols[0]  # the caption written is the first one averaged
+                read = [data.parse_caption(c) for c in cols]
+                assert len({r["color"] for r in read}) == 1  # one colour for all captions of the image
+                for r in read:  # and nothing but the colour changed
+                    assert {k: v for k, v in r.items() if k != "color"} == {k: v for k, v in own[row][0].items()
+                                                                             if k != "color"}
+                colors.add(read[0]["color"])
+        assert colors == ({"red", "green"} if recolor == 0 else set(data.COLORS)), (recolor, colors)
+
+
 def test_textae_batch_writes_one_caption_and_averages_captions_of_its_image():
     from text_tasks import TextAETask
     task = object.__new__(TextAETask)  # just the batching: no encoder, no data set
     task.device = "cpu"
-    task.args = argparse.Namespace(word_dropout=0.0)
+    task.args = argparse.Namespace(word_dropout=0.0, recolor=0.0)
     task.groups = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]])  # image 1 has one caption, image 2 two
     task.text = torch.arange(6.0).view(6, 1, 1).expand(6, 2, 3).half()  # each embedding holds its caption's index
     captions = [f"caption number {k}" * (k + 1) for k in range(6)]

@@ -118,7 +118,11 @@ def test_bad_flags_are_usage_errors(tmp_path):
 def test_task_specific_flags_are_errors_elsewhere(capsys):
     for argv, says in ((["--task", "t2i", "--hue-augment", "0.5"], "--hue-augment applies to --task tokenizer"),
                        (["--task", "i2t", "--word-dropout", "0.2"], "--word-dropout applies to --task textae"),
-                       (["--task", "textae", "--word-dropout", "1.5"], "--word-dropout must be in [0, 1)")):
+                       (["--task", "textae", "--word-dropout", "1.5"], "--word-dropout must be in [0, 1)"),
+                       (["--task", "i2t", "--recolor", "0.5"], "--recolor applies to --task textae"),
+                       (["--task", "textae", "--recolor", "-0.1"], "--recolor must be in [0, 1]"),
+                       (["--task", "textae", "--data", "/data/coco", "--recolor", "0.5"],
+                        "--recolor swaps Shapes colour words and applies to --data shapes")):
         with pytest.raises(SystemExit) as e:
             train.get_args(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err, argv
