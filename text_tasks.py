@@ -65,8 +65,8 @@ class TextAETask:
     of writing a caption from the average Z_T of 2..K captions of its image (the image-to-text flow lands on such
     means), + kl_weight * KL. A share word_dropout of the decoder's input tokens is blanked, so that it reads the
     caption from Z_T rather than from the words before; a share recolor of the images' captions get another colour
-    word (text only; data.recolor) (README, Design choices). The vocabulary comes from the training captions, so the model is built in prepare().
-    Preview: validation captions and their reconstructions."""
+    word (text only; data.recolor) (README, Design choices). The vocabulary comes from the training captions, so
+    the model is built in prepare(). Preview: validation captions and their reconstructions."""
 
     def __init__(self, args):
         self.args = args
