@@ -297,8 +297,8 @@ def test_textae_recolor_swaps_one_colour_word_for_all_captions_of_an_image():
     task.recolor_table = task.add_recolored(None)
     assert len(task.unique) == 3 * len(data.COLORS) and set(task.unique) >= {"a tiny blue disc on the left"}
     assert [task.unique[k] for k in task.groups[0]] == ["a big red box at the top", "a red square, large, at the top"]
-    task.inputs, task.targets, _ = td.pack(td.Vocab.build(task.unique), task.unique, 64)
     vocab = td.Vocab.build(task.unique)
+    task.inputs, task.targets, _ = td.pack(vocab, task.unique, 64)
     for recolor in (0.0, 1.0):
         task.args = argparse.Namespace(word_dropout=0.0, recolor=recolor)
         colors = set()
