@@ -486,6 +486,7 @@ def main(argv=None):
             train(get_args(need_argv), rank, world, device)
         train(args, rank, world, device)
         if world > 1:
+            torch.distributed.barrier()  # no process tears gloo down while a peer still talks to it
             torch.distributed.destroy_process_group()
     except (UserError, real_data.DataError) as e:
         fail(str(e))
