@@ -188,6 +188,13 @@ def setup_distributed(device_flag):
     return rank, world, device
 
 
+def teardown_distributed(world):
+    """The end of setup_distributed: all processes leave together, so none tears gloo down under a peer."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def autocast_and_scaler(device):
     """bf16 autocast on CUDA where supported, else fp16 with a GradScaler; fp32 elsewhere (CPU bf16 is slow)."""
     if device.type != "cuda":
@@ -485,9 +492,7 @@ def main(argv=None):
                 need_argv += ["--num-train", str(args.num_train)]
             train(get_args(need_argv), rank, world, device)
         train(args, rank, world, device)
-        if world > 1:
-            torch.distributed.barrier()  # no process tears gloo down while a peer still talks to it
-            torch.distributed.destroy_process_group()
+        teardown_distributed(world)
     except (UserError, real_data.DataError) as e:
         fail(str(e))
     except KeyboardInterrupt:
