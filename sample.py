@@ -2,7 +2,7 @@
 Sample from trained flowtok models: text -> image (out/t2i.pt), image -> text (out/i2t.pt).
 
     python sample.py --prompt "a large red circle at the top" --prompt "a small blue square on the left"
-    python sample.py --prompts prompts.txt --n 8 --steps 20 --cfg 2.0 --seed 0 --out samples.png
+    python sample.py --prompts prompts.txt --n 8 --steps 20 --cfg 1.0 --seed 0 --out samples.png
     python sample.py --image photo.jpg --image drawing.png
 
 Text to image: one row per prompt, --n images per row, EMA weights, written to --out. A prompt's images depend only

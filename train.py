@@ -52,17 +52,17 @@ from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema
 # Defaults per task: the recipes. A flag given on the command line overrides its entry here.
 
 TASK_DEFAULTS = {
-    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=4000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=8000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                       warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                      kl_weight=1e-6, edge_weight=1.0, hue_augment=0.0),
-    "t2i": dict(preset="cpu", batch_size=128, max_steps=3500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                      kl_weight=1e-6, edge_weight=1.0, hue_augment=0.5),
+    "t2i": dict(preset="cpu", batch_size=128, max_steps=1500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                 warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                 kl_weight=1e-4, align_weight=1.0, t_dist="uniform"),
     "textae": dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
-                   mean_weight=1.0, word_dropout=0.0, recolor=0.0),
-    "i2t": dict(preset="cpu", batch_size=128, max_steps=2500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
+                   mean_weight=1.0, word_dropout=0.0, recolor=0.5),
+    "i2t": dict(preset="cpu", batch_size=128, max_steps=2000, lr=2e-3, min_lr=1e-5, lr_schedule="cosine",
+                warmup_steps=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
 }
 TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae": text_tasks.TextAETask,
                 "i2t": text_tasks.I2TTask}
@@ -140,6 +140,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.recolor and args.data != "shapes":
         p.error(f"--recolor swaps Shapes colour words and applies to --data shapes, not {args.data}")
+    if args.task == "textae" and args.data != "shapes" and args.recolor is None:
+        args.recolor = 0.0  # its default is for Shapes' colour words; other captions are left as they are
     for k, v in TASK_DEFAULTS[args.task].items():
         if getattr(args, k) is None:
             setattr(args, k, v)

@@ -129,6 +129,15 @@ def test_task_specific_flags_are_errors_elsewhere(capsys):
     assert train.get_args(["--task", "tokenizer"]).hue_augment == train.TASK_DEFAULTS["tokenizer"]["hue_augment"]
 
 
+def test_recolor_default_applies_to_shapes_only():
+    # The textae default recolours Shapes captions; on other data the default is 0 (not an error), and an explicit
+    # 0 is accepted there too.
+    shapes = train.get_args(["--task", "textae"]).recolor
+    assert shapes == train.TASK_DEFAULTS["textae"]["recolor"] and shapes > 0
+    assert train.get_args(["--task", "textae", "--data", "/data/coco"]).recolor == 0.0
+    assert train.get_args(["--task", "textae", "--data", "/data/coco", "--recolor", "0"]).recolor == 0.0
+
+
 def test_evaluate_without_checkpoint_names_the_command(tmp_path):
     r = run("evaluate.py", "--task", "tokenizer", "--out-dir", str(tmp_path), check=False)
     assert_one_line_error(r, "python train.py --task tokenizer")
