@@ -187,8 +187,11 @@ def image_gradients(x):
 
 @torch.no_grad()
 def measure_latent_scale(tokenizer, images, batch_size=256):
-    """1 / std of posterior samples over `images` (N, 3, H, W) in [0, 1]: unit-variance flow latents."""
-    zs = [tokenizer.encode_sample(images[i: i + batch_size]) for i in range(0, len(images), batch_size)]
+    """1 / std of posterior samples over `images` (N, 3, H, W) in [0, 1]: unit-variance flow latents.
+    The draws come from their own seeded generator, so the scale is the same however the run got here (resumed
+    or not): it depends on the weights and the images only."""
+    g = torch.Generator(images.device).manual_seed(0)
+    zs = [tokenizer.encode_sample(images[i: i + batch_size], generator=g) for i in range(0, len(images), batch_size)]
     return 1.0 / torch.cat(zs).float().std().clamp_min(1e-6)
 
 
