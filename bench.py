@@ -40,13 +40,14 @@ from types import SimpleNamespace
 import torch
 
 import flow
+import pipeline
 import projector as pj
 import tokenizer as tok
 from common import ArgumentParser, fail
 from layers import swiglu_hidden
 
 DESIGNS = ("flowtok", "ldm2d", "crossflow2d")
-SAMPLE_STEPS = 20  # Euler steps per sample, every design (FLOWTOK.md)
+SAMPLE_STEPS = flow.SAMPLE_STEPS  # Euler steps per sample, every design
 TEXT_DIM = 384  # C: the embedded text encoder's width (MiniLM); the paper's CLIP has 768
 TOKENIZER_FOR = {"tiny": "tiny", "cpu": "cpu", "S": "cpu", "B": "paper", "XL": "paper", "H": "paper"}
 # Batches: (sampling, training) per preset and device kind; --batch / --train-batch override.
@@ -247,17 +248,18 @@ def measure_pipeline(spec, device):
     tokenizer = tok.Tokenizer(tcfg).to(device).eval().requires_grad_(False)
     val = data.open_dataset("shapes", "val")
     captions = [val.caption(i) for i in range(B)]
+    t2i = pipeline.TextToImagePipeline(model, tokenizer, encoder)
     with torch.no_grad():
         text = encoder(captions)
         z = model.generate(text, 1)
         with autocast(device):
-            tokenizer.decode(tokenizer.from_flow(z))  # warm-ups
+            t2i.decode(z)  # warm-ups
         parts = {"text_encode": timed(lambda: encoder(captions), device, spec["min_time"] / 3),
                  "flow": timed(lambda: model.generate(text, SAMPLE_STEPS), device, spec["min_time"] / 3)}
 
         def decode():
             with autocast(device):
-                tokenizer.decode(tokenizer.from_flow(z)).clamp(0, 1)
+                t2i.decode(z)
 
         parts["decode"] = timed(decode, device, spec["min_time"] / 3)
     total = sum(parts.values())

@@ -4,6 +4,8 @@ checkpoints that fail clearly, the EMA update, and the two kinds of picture (ima
 """
 import argparse
 import os
+import pickle
+import re
 import sys
 
 import torch
@@ -75,9 +77,16 @@ def load_checkpoint(path, expect_task=None, make_it=None):
         raise UserError(f"no checkpoint at {path}{hint}")
     if os.path.isdir(path):
         raise UserError(f"{path} is a directory, not a checkpoint file{hint}")
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, random bytes, pickle errors: all mean the same to the user
+    try:  # weights_only: tensors and plain values only; a pickle that names any other Python object is refused
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        if code is None:  # random bytes read as a pickle
+            raise UserError(f"checkpoint {path} is unreadable (not a checkpoint); it may be corrupt. "
+                            f"Delete it and train again{hint}") from None
+        raise UserError(f"checkpoint {path} would run Python code ({code.group(1)}) when loaded: refused, nothing "
+                        f"in it was run. Use a checkpoint you trained yourself{hint}") from None
+    except Exception as e:  # a truncated zip, an unreadable file: all mean the same to the user
         raise UserError(f"checkpoint {path} is unreadable ({type(e).__name__}); it may be truncated or corrupt. "
                         f"Delete it and train again{hint}") from None
     if not isinstance(ck, dict) or "task" not in ck:
@@ -85,6 +94,35 @@ def load_checkpoint(path, expect_task=None, make_it=None):
     if expect_task is not None and ck["task"] != expect_task:
         raise UserError(f"{path} is a '{ck['task']}' checkpoint, expected '{expect_task}'{hint}")
     return ck
+
+
+def is_finished(out_dir, task):
+    """Whether out_dir holds a finished checkpoint of task (train.py, the notebooks: what is already trained)."""
+    path = os.path.join(out_dir, f"{task}.pt")
+    return os.path.exists(path) and load_checkpoint(path, expect_task=task).get("finished", False)
+
+
+def load_component(run, name, make_it=None):
+    """One trained component (tokenizer, t2i, textae, i2t) of a run: RUN/NAME.pt as train.py writes it, or
+    RUN/NAME/ as export.py writes it (model.safetensors + config.json: no pickle at all). Either way a dict with
+    the checkpoint's "task", "model_config", "ema" (the weights), "step", "train_seconds" and "config"."""
+    folder = os.path.join(run, name)
+    if not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        return load_checkpoint(os.path.join(run, f"{name}.pt"), expect_task=name, make_it=make_it)
+    import json
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            meta = json.load(f)
+        weights = load_file(os.path.join(folder, "model.safetensors"))
+    except (OSError, ValueError, SafetensorError) as e:  # missing or broken config.json, a broken tensor file
+        raise UserError(f"exported {name} in {folder} is unreadable ({type(e).__name__}); export it again with "
+                        f"python export.py") from None
+    if not isinstance(meta, dict) or meta.get("task") != name or not {"model_config", "step"} <= meta.keys():
+        raise UserError(f"{folder}/config.json is not an exported flowtok {name}; export it again with "
+                        f"python export.py")
+    return {**meta, "ema": weights}
 
 
 # -----------------------------------------------------------------------------

@@ -33,10 +33,10 @@ import real_data
 import flow
 import judge as J
 import tokenizer as tok
-from common import ArgumentParser, UserError, fail, read_lines, load_checkpoint, pick_device, save_image_grid
+from common import ArgumentParser, UserError, fail, read_lines, load_component, pick_device, save_image_grid
 from projector import TextEncoder
 import probes
-from sample import image_to_latents, image_to_text, text_to_latents
+import pipeline
 
 
 def get_args(argv=None):
@@ -51,7 +51,8 @@ def get_args(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--prompts", metavar="FILE.jsonl", help="t2i: score these prompts instead of the test captions; "
                    'each line {"prompt": ..., "shape": ..., "color": ..., "size": ..., "position": ...}')
-    p.add_argument("--steps", type=int, default=20, help="t2i, i2t: Euler steps (default: 20)")
+    p.add_argument("--steps", type=int, default=flow.SAMPLE_STEPS,
+                   help=f"t2i, i2t: Euler steps (default: {flow.SAMPLE_STEPS})")
     p.add_argument("--cfg", type=float, help=f"t2i, i2t: guidance scale (default: {flow.T2I_CFG} for t2i, "
                                              f"{flow.I2T_CFG} for i2t)")
     p.add_argument("--seed", type=int, default=0, help="t2i: sampling seed")
@@ -77,8 +78,7 @@ def open_split(args, spec, size, trained_seed):
 
 @torch.no_grad()
 def eval_tokenizer(args):
-    ck = load_checkpoint(os.path.join(args.out_dir, "tokenizer.pt"), expect_task="tokenizer",
-                         make_it=f"python train.py --task tokenizer --out-dir {args.out_dir}")
+    ck = load_component(args.out_dir, "tokenizer", f"python train.py --task tokenizer --out-dir {args.out_dir}")
     model = tok.from_checkpoint(ck)
     spec = args.data or ck["config"]["data"]
     test = open_split(args, spec, model.cfg.image_size, ck["config"]["seed"])
@@ -138,25 +138,25 @@ def image_latent_probe(tokenizer, seed, device):
 @torch.no_grad()
 def eval_t2i(args):
     device = pick_device(args.device)
-    model, tokenizer, encoder = flow.load_text_to_image(args.out_dir, device)
-    if model.trained_on != "shapes":
+    t2i = pipeline.load_text_to_image(args.out_dir, device)
+    model, tokenizer, encoder = t2i.model, t2i.tokenizer, t2i.encoder
+    if t2i.trained_on != "shapes":
         raise UserError(f"evaluate.py --task t2i scores Shapes models (its judge reads Shapes attributes); this "
-                        f"model was trained on {model.trained_on}. Use sample.py to look at its images")
+                        f"model was trained on {t2i.trained_on}. Use sample.py to look at its images")
     size = tokenizer.cfg.image_size
     suite = read_prompt_suite(args.prompts) if args.prompts else None  # a bad file fails before the judge's minutes
     t0 = time.time()
     judge = J.load_or_train(args.out_dir, size, args.judge_images, args.judge_steps)
     t_judge = time.time() - t0
     generate = lambda prompts: torch.cat([  # image latents in flow space, one per prompt
-        text_to_latents(model, encoder, prompts[i: i + args.batch_size], n=1, steps=args.steps, cfg=args.cfg,
-                        seed=args.seed + i, noise_scale=args.noise_scale).cpu() for i in range(0, len(prompts), args.batch_size)])
-    decode = lambda z: torch.cat([tokenizer.decode(tokenizer.from_flow(x.to(device))).clamp(0, 1).cpu()
-                                  for x in z.split(args.batch_size)])
+        t2i.latents(prompts[i: i + args.batch_size], n=1, steps=args.steps, cfg=args.cfg, seed=args.seed + i,
+                    noise_scale=args.noise_scale).cpu() for i in range(0, len(prompts), args.batch_size)])
+    decode = lambda z: torch.cat([t2i.decode(x.to(device)).cpu() for x in z.split(args.batch_size)])
     if suite:
         prompts, attrs = suite
         _, pred = J.predict(judge, decode(generate(prompts)))
         return {**J.scores(pred, attrs), "n": len(prompts), "steps": args.steps, "cfg": args.cfg}
-    test = open_split(args, "shapes", size, model.trained_seed)
+    test = open_split(args, "shapes", size, t2i.trained_seed)
     real = torch.stack([test[i]["image"] for i in range(len(test))])
     attrs = [test.attrs(i) for i in range(len(test))]
     truth = J.targets(attrs)
@@ -173,7 +173,7 @@ def eval_t2i(args):
     acc = J.accuracy(pred_fake, truth)
     # The chain, link by link, with linear probes fitted on seen compositions (README, Design choices): the caption's
     # Z_T (projector mean), the image tokens Z_I of the real test images, and the Z_I the flow generates.
-    seed = model.trained_seed
+    seed = t2i.trained_seed
     zi_probe = image_latent_probe(tokenizer, seed, device)
     train = data.ShapesDataset("train", n=PROBE_IMAGES, seed=seed)
     train_text = encoder([train.caption(i) for i in range(len(train))]).to(device)
@@ -274,15 +274,16 @@ def perturbed_test_images(test, n, name):
 @torch.no_grad()
 def eval_i2t(args):
     device = pick_device(args.device)
-    model, tokenizer, autoencoder, vocab = flow.load_image_to_text(args.out_dir, device)
-    spec = args.data or model.trained_on
+    i2t = pipeline.load_image_to_text(args.out_dir, device)
+    tokenizer, autoencoder, vocab = i2t.tokenizer, i2t.autoencoder, i2t.vocab
+    spec = args.data or i2t.trained_on
     size = tokenizer.cfg.image_size
-    test = open_split(args, spec, size, model.trained_seed)
+    test = open_split(args, spec, size, i2t.trained_seed)
     n = min(args.n, len(test))
     items = [test[i] for i in range(n)]
     images = torch.stack([it["image"] for it in items])
-    caption_batches = lambda x: [c for i in range(0, len(x), args.batch_size) for c in image_to_text(
-        model, tokenizer, autoencoder, vocab, x[i: i + args.batch_size], args.steps, args.cfg, seed=args.seed)]
+    caption_batches = lambda x: [c for i in range(0, len(x), args.batch_size)
+                                 for c in i2t.captions(x[i: i + args.batch_size], args.steps, args.cfg, seed=args.seed)]
     t0 = time.time()
     captions = caption_batches(images)
     t_gen = time.time() - t0
@@ -316,10 +317,9 @@ def eval_i2t(args):
         # The chain, link by link (README, Design choices): linear probes fitted on seen compositions read the image
         # tokens Z_I, the target Z_T (the mean of the image's caption latents) and the Z_T the flow makes; the decoder
         # reads the targets themselves.
-        seed = model.trained_seed
+        seed = i2t.trained_seed
         z_real = torch.cat([tokenizer.encode(x.to(device))[0].cpu() for x in images.split(args.batch_size)])
-        z_flow = torch.cat([autoencoder.from_flow(image_to_latents(model, tokenizer, x, args.steps, args.cfg,
-                                                                   args.seed)).cpu() for x in images.split(args.batch_size)])
+        z_flow = torch.cat([i2t.latents(x, args.steps, args.cfg, args.seed).cpu() for x in images.split(args.batch_size)])
         train = data.ShapesDataset("train", n=PROBE_IMAGES // 2, seed=seed)
         train_refs = [train.all_captions(i) for i in range(len(train))]
         train_means = autoencoder.caption_means(embed([c for r in train_refs for c in r]), [len(r) for r in train_refs])

@@ -30,6 +30,7 @@ CFG_FLAG_PROB = 0.1
 # Default guidance scales at sampling (sample.py, evaluate.py, the training previews), chosen on Shapes validation
 # images (README, Design choices): text-to-image reads best without guidance (s = 1 on both seeds measured, where
 # FLOWTOK.md uses s = 2), image-to-text with a little (s = 2).
+SAMPLE_STEPS = 20  # Euler steps per sample, both directions (the paper's default)
 T2I_CFG, I2T_CFG = 1.0, 2.0
 T2I_NOISE_SCALE = 0.5  # text-to-image sampling: Z_T = mean + NOISE_SCALE * std * noise
 
@@ -200,7 +201,7 @@ def guided_velocity(model, x, t, scale):
 
 
 @torch.no_grad()
-def euler_sample(model, x0, steps=20, cfg_scale=T2I_CFG, return_trajectory=False):
+def euler_sample(model, x0, steps=SAMPLE_STEPS, cfg_scale=T2I_CFG, return_trajectory=False):
     """Integrate dx/dt = v from t = 0 (x0, the source) to t = 1 with `steps` Euler steps, guided_velocity at each.
     bf16 autocast on CUDA, fp32 elsewhere; the state x stays fp32. Returns x1 (B, N, D) or, with
     return_trajectory, a (steps + 1, B, N, D) tensor of every intermediate state.
@@ -268,8 +269,8 @@ class TextToImage(nn.Module):
         return loss, stats, err, t
 
     @torch.no_grad()
-    def generate(self, text, steps=20, cfg_scale=T2I_CFG, noise_scale=T2I_NOISE_SCALE, noise=None, generator=None,
-                 return_trajectory=False):
+    def generate(self, text, steps=SAMPLE_STEPS, cfg_scale=T2I_CFG, noise_scale=T2I_NOISE_SCALE, noise=None,
+                 generator=None, return_trajectory=False):
         """text (B, N, C) -> image latents in flow space (B, N, D) (or the trajectory, see euler_sample).
         The source is Z_T = mean + noise_scale * exp(logvar / 2) * noise, noise (B, N, D) drawn from `generator`
         unless given: noise_scale 1 samples the projector's Gaussian, 0 starts from its mean (one image per
@@ -304,60 +305,9 @@ class ImageToText(nn.Module):
         return l_flow, {"flow": l_flow.detach()}, err, t
 
     @torch.no_grad()
-    def generate(self, z_image, steps=20, cfg_scale=I2T_CFG, generator=None, return_trajectory=False):
+    def generate(self, z_image, steps=SAMPLE_STEPS, cfg_scale=I2T_CFG, generator=None, return_trajectory=False):
         """z_image (B, N, D) -> text latents in flow space (B, N, D) (or the trajectory, see euler_sample)."""
         if self.source_noise > 0:
             noise = torch.randn(z_image.shape, generator=generator, device=z_image.device)
             z_image = z_image + self.source_noise * noise
         return euler_sample(self.flow, z_image, steps, cfg_scale, return_trajectory)
-
-
-def load_text_to_image(out_dir, device="cpu"):
-    """A trained text-to-image run in `out_dir`: (model, tokenizer, text encoder), EMA weights, eval mode, frozen;
-    model.trained_on and model.trained_seed name its training data.
-    Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
-    import os
-    import tokenizer as tok
-    from common import UserError, load_checkpoint
-    from projector import ProjectorConfig, TextEncoder
-    ck = load_checkpoint(os.path.join(out_dir, "t2i.pt"), expect_task="t2i",
-                         make_it=f"python train.py --task t2i --out-dir {out_dir}")
-    tck = load_checkpoint(os.path.join(out_dir, "tokenizer.pt"), expect_task="tokenizer",
-                          make_it=f"python train.py --task t2i --out-dir {out_dir}")
-    mc = ck["model_config"]
-    if tok.fingerprint(tck) != mc["tokenizer"]:
-        raise UserError(f"{out_dir}/tokenizer.pt is not the tokenizer {out_dir}/t2i.pt was trained on "
-                        f"({tok.fingerprint(tck)} vs {mc['tokenizer']}); retrain with "
-                        f"python train.py --task t2i --out-dir {out_dir}")
-    model = TextToImage(ProjectorConfig(**mc["projector"]), FlowConfig(**mc["flow"]))
-    model.load_state_dict(ck["ema"])
-    model.trained_on = ck["config"]["data"]  # what --data it was trained on: evaluate.py scores only Shapes models
-    model.trained_seed = ck["config"]["seed"]  # ... and its --seed, which also draws the Shapes training set
-    encoder = TextEncoder(mc["text_encoder"], num_tokens=mc["flow"]["num_tokens"])
-    return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device), encoder.to(device))
-
-
-def load_image_to_text(out_dir, device="cpu"):
-    """A trained image-to-text run in `out_dir`: (model, tokenizer, text autoencoder, vocab), EMA weights, eval mode,
-    frozen. Raises UserError (one line, naming the command that makes what is missing) when something does not fit."""
-    import os
-    import tokenizer as tok
-    import text_decoder as td
-    from common import UserError, load_checkpoint
-    make = f"python train.py --task i2t --out-dir {out_dir}"
-    ck = load_checkpoint(os.path.join(out_dir, "i2t.pt"), expect_task="i2t", make_it=make)
-    tck = load_checkpoint(os.path.join(out_dir, "tokenizer.pt"), expect_task="tokenizer", make_it=make)
-    ack = load_checkpoint(os.path.join(out_dir, "textae.pt"), expect_task="textae", make_it=make)
-    mc = ck["model_config"]
-    for name, have, want in (("tokenizer", tok.fingerprint(tck), mc["tokenizer"]),
-                             ("textae", td.fingerprint(ack), mc["textae"])):
-        if have != want:
-            raise UserError(f"{out_dir}/{name}.pt is not the {name} {out_dir}/i2t.pt was trained on "
-                            f"({have} vs {want}); retrain with {make}")
-    model = ImageToText(FlowConfig(**mc["flow"]), mc.get("source_noise", 0.0))
-    model.load_state_dict(ck["ema"])
-    model.trained_on = ck["config"]["data"]
-    model.trained_seed = ck["config"]["seed"]
-    autoencoder, vocab = td.from_checkpoint(ack)
-    return (model.eval().requires_grad_(False).to(device), tok.from_checkpoint(tck).to(device),
-            autoencoder.to(device), vocab)

@@ -90,7 +90,7 @@ def load_or_train(out_dir, image_size, num_train=NUM_TRAIN, steps=STEPS):
     path = os.path.join(out_dir, name)
     judge = Judge()
     if os.path.exists(path):
-        judge.load_state_dict(torch.load(path))
+        judge.load_state_dict(torch.load(path, weights_only=True))
         return judge.eval().requires_grad_(False)
     print(f"training the Shapes judge on {num_train} rendered images (once; cached at {path})")
     ds = data.ShapesDataset("judge", size=image_size, n=num_train)

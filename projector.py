@@ -84,7 +84,7 @@ def embed_captions(encoder, captions, cache_dir=None, batch_size=256):
     key = hashlib.sha1("\n".join([encoder.name, str(encoder.num_tokens), *captions]).encode()).hexdigest()[:16]
     path = None if cache_dir is None else os.path.join(cache_dir, f"text-{key}.pt")
     if path is not None and os.path.exists(path):
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     from tqdm import tqdm
     out = torch.cat([encoder(captions[i: i + batch_size]).half().cpu() for i in
                      tqdm(range(0, len(captions), batch_size), desc="embedding captions", leave=False, mininterval=2)])

@@ -52,6 +52,19 @@ def load_rgb(path, size):
     return img.resize((size, size), Image.BICUBIC, box=((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2))
 
 
+def read_image(path, size):
+    """An image file -> (3, size, size) in [0, 1], as training sees images (sample.py --image); a DataError of one
+    line when it cannot be read."""
+    if os.path.isdir(path):
+        raise DataError(f"--image {path} is a directory, not an image file")
+    if not os.path.exists(path):
+        raise DataError(f"--image {path}: no such file")
+    try:
+        return pil_to_tensor(load_rgb(path, size))
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+        raise DataError(f"--image {path} is not a readable image ({type(e).__name__}: {str(e)[:80]})") from None
+
+
 def check_image(path):
     """None if `path` opens as an image, else a one-line reason. verify() does not decode pixels, so 100k images
     take seconds; it reads a whole PNG (chunk CRCs catch truncation) but only a JPEG's headers, so a truncated JPEG

@@ -22,6 +22,7 @@ import torch
 import data
 import flow
 import judge
+import pipeline
 import projector as pj
 import tokenizer as tok
 from common import UserError, atomic_save, load_checkpoint, save_image_grid
@@ -136,7 +137,6 @@ def load_feature_net(path):
 
 
 T_BINS = 5  # the flow loss is logged per t in [0, 0.2), [0.2, 0.4), ...: where along the path the model struggles
-SAMPLE_STEPS = 20  # the previews' Euler steps (FLOWTOK.md: 20 steps suffice); guidance: flow.T2I_CFG, flow.I2T_CFG
 
 
 class TBins:
@@ -187,7 +187,7 @@ def image_latents(tokenizer, fingerprint, dataset, cache, device):
     cached under the tokenizer's fingerprint. Each training step then draws a fresh Z_I from it."""
     path = os.path.join(cache, f"latents-{fingerprint}-{dataset.cache_key()}.pt")
     if os.path.exists(path):
-        return torch.load(path)
+        return torch.load(path, weights_only=True)
     images = data.image_tensor(dataset, cache_dir=cache, desc="train set")
     from tqdm import tqdm
     moments = [tokenizer.encode(images[i: i + 256].to(device).float() / 255.0)
@@ -268,14 +268,12 @@ class T2ITask:
         of samples: one row per fixed prompt, 8 seeds each."""
         g = torch.Generator(device=self.device).manual_seed(0)
         val_flow = val_flow_loss(ema.flow, ema.projector(self.val_text)[0], self.val_z)
+        t2i = pipeline.TextToImagePipeline(ema, self.tokenizer, self.encoder)
         text = self.encoder(self.prompts).to(self.device).repeat_interleave(8, 0)
-        z = ema.generate(text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
-        images = self.tokenizer.decode(self.tokenizer.from_flow(z))
-        save_image_grid(images, nrow=8, path=path, labels=self.prompts)
+        save_image_grid(t2i.decode(ema.generate(text, generator=g)), nrow=8, path=path, labels=self.prompts)
         out = {"val_flow": val_flow}
         if self.judge is not None:  # one sample per validation caption, read by the judge
-            z = ema.generate(self.val_text, SAMPLE_STEPS, flow.T2I_CFG, generator=g)
-            _, pred = judge.predict(self.judge, self.tokenizer.decode(self.tokenizer.from_flow(z)).clamp(0, 1))
+            _, pred = judge.predict(self.judge, t2i.decode(ema.generate(self.val_text, generator=g)))
             out.update({f"val_{k}": v for k, v in judge.scores(pred.cpu(), self.val_attrs).items()})
         return out
 

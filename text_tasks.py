@@ -10,11 +10,12 @@ import torch
 import data
 import flow
 import judge
+import pipeline
 import projector as pj
 import text_decoder as td
 from common import UserError, load_checkpoint, save_image_grid
 from layers import gaussian_sample
-from tasks import SAMPLE_STEPS, TBins, embed_unique, image_latents, load_frozen, load_frozen_tokenizer, val_flow_loss
+from tasks import TBins, embed_unique, image_latents, load_frozen, load_frozen_tokenizer, val_flow_loss
 
 
 def caption_groups(dataset, encoder, cache):
@@ -237,8 +238,8 @@ class I2TTask:
         Shapes the attributes those captions get right. Preview: the first 8 images with their captions."""
         out = {"val_flow": val_flow_loss(ema.flow, self.val_z, self.val_target)}
         g = torch.Generator(device=self.device).manual_seed(0)
-        z = self.autoencoder.from_flow(ema.generate(self.val_z, SAMPLE_STEPS, flow.I2T_CFG, generator=g))
-        captions = [self.vocab.decode(ids) for ids in self.autoencoder.decoder.generate(z)]
+        i2t = pipeline.ImageToTextPipeline(ema, self.tokenizer, self.autoencoder, self.vocab)
+        captions = i2t.words(self.autoencoder.from_flow(ema.generate(self.val_z, generator=g)))
         save_image_grid(self.val_images[:8], nrow=1, path=path, labels=captions[:8])
         if self.val_attrs is not None:
             out.update({f"val_{k}": v for k, v in judge.scores(judge.read_captions(captions), self.val_attrs).items()})

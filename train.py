@@ -46,7 +46,7 @@ import tasks
 import text_tasks
 import tokenizer as tok
 from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve,
-                    fail, pick_device)
+                    fail, is_finished, pick_device)
 
 # -----------------------------------------------------------------------------
 # Defaults per task: the recipes. A flag given on the command line overrides its entry here.
@@ -464,11 +464,6 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
         extra = task.finish(ema)
         save(final=True)
         print(f"done: {ckpt_path}" + (f" ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})" if extra else ""))
-
-
-def is_finished(out_dir, task):
-    path = os.path.join(out_dir, f"{task}.pt")
-    return os.path.exists(path) and load_checkpoint(path, expect_task=task).get("finished", False)
 
 
 def is_peer_failure(e):

@@ -38,12 +38,12 @@ SMALL = {
 def models(*tasks):
     """The out-dir that holds finished runs of `tasks`: OUT when it has them all, else WORK, where whatever is
     missing is trained first with the SMALL recipes (in the order given: a flow's frozen inputs come first)."""
-    import train
-    if all(train.is_finished(str(OUT), t) for t in tasks):
+    from common import is_finished
+    if all(is_finished(str(OUT), t) for t in tasks):
         print(f"using the trained models in {shown(OUT)}")
         return OUT
     for t in tasks:
-        if not train.is_finished(str(WORK), t):
+        if not is_finished(str(WORK), t):
             run_train(t, WORK)
     print(f"using the small models in {shown(WORK)}")
     return WORK

@@ -3,19 +3,25 @@ prompts, odd and broken images, and invalid flags. A case that is an error must 
 (2 for a usage error), no traceback, and leave every file as it was; a case that is merely odd must just work.
 Each command runs in this process (its main(argv)): an uncaught exception would fail the test as a traceback would."""
 import hashlib
+import io
 import os
+import pickle
+import shlex
 import shutil
+import tempfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import bench
 import evaluate
+import export
 import sample
 import train
 from test_data import odd_images
-from test_train import run
+from test_train import assert_one_line_error, run
 
 TOK = ["--task", "tokenizer", "--preset", "tiny", "--num-train", "256", "--batch-size", "16", "--max-steps", "20",
        "--sample-every", "1000"]
@@ -83,6 +89,26 @@ def truncated(out, name):
 GARBAGE = bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8))
 
 
+class Payload:
+    """Unpickling this runs a shell command: what a shared checkpoint could carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def payload_checkpoint(marker, task="t2i"):
+    """The bytes of a checkpoint-looking file (a dict with 'task') whose loading would create `marker`."""
+    buf = io.BytesIO()
+    torch.save({"task": task, "step": 0, "x": Payload(marker)}, buf)
+    return buf.getvalue()
+
+
+PAYLOAD_RAN = os.path.join(tempfile.gettempdir(), f"flowtok-payload-ran-{os.getpid()}")  # must never appear
+
+
 def checkpoint_cases(out, tmp):
     """(command, case, module, argv, exit code, words the message must hold)."""
     t2i_cmd = lambda d: ["--out-dir", d, "--prompt", "a red circle", "--n", "1", "--steps", "2",  # noqa: E731
@@ -91,7 +117,8 @@ def checkpoint_cases(out, tmp):
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp / "img.png")
     cases = []
     for kind, what, words in (("missing", None, ["no checkpoint at"]), ("truncated", "trunc", ["unreadable"]),
-                              ("corrupt", GARBAGE, ["unreadable"]), ("a directory", "dir", ["is a directory"])):
+                              ("corrupt", GARBAGE, ["unreadable"]), ("a directory", "dir", ["is a directory"]),
+                              ("a pickle payload in", payload_checkpoint(PAYLOAD_RAN), ["refused", "posix.system"])):
         for name, module, argv in (("t2i.pt", sample, t2i_cmd), ("i2t.pt", sample, i2t_cmd),
                                    ("tokenizer.pt", sample, t2i_cmd), ("textae.pt", sample, i2t_cmd)):
             d = str(tmp / f"{kind.replace(' ', '_')}-{name}")
@@ -103,6 +130,14 @@ def checkpoint_cases(out, tmp):
     cases.append(("sample.py", "a tokenizer checkpoint as t2i.pt", sample, t2i_cmd(d), 1, ["'tokenizer' checkpoint"]))
     d = copy_run(out, str(tmp / "swapped2"), i2t_pt="t2i.pt")
     cases.append(("sample.py", "a t2i checkpoint as i2t.pt", sample, i2t_cmd(d), 1, ["'t2i' checkpoint"]))
+    # an exported run (export.py) with a broken part
+    for part in ("config.json", "model.safetensors"):
+        d = str(tmp / f"exported-broken-{part}")
+        export.export(out, d)
+        path = os.path.join(d, "t2i", part)
+        open(path, "wb").write(open(path, "rb").read()[:100])
+        cases.append(("sample.py", f"an exported t2i with a truncated {part}", sample, t2i_cmd(d), 1,
+                      ["exported t2i", "unreadable", "export it again"]))
     # evaluate.py, the same checkpoints
     for name, task in (("t2i.pt", "t2i"), ("i2t.pt", "i2t"), ("tokenizer.pt", "tokenizer")):
         d = copy_run(out, str(tmp / f"eval-trunc-{name}"), **{name.replace(".pt", "_pt"): truncated(out, name)})
@@ -113,6 +148,7 @@ def checkpoint_cases(out, tmp):
                       [name, "python train.py"]))
     # train.py --resume on broken or mismatched checkpoints
     for kind, what, words in (("truncated", "trunc", ["unreadable"]), ("corrupt", GARBAGE, ["unreadable"]),
+                              ("pickle payload", payload_checkpoint(PAYLOAD_RAN, "tokenizer"), ["refused"]),
                               ("of another task", "t2i.pt", ["'t2i' checkpoint"])):
         d = str(tmp / f"resume-{kind.replace(' ', '_')}")
         copy_run(out, d, tokenizer_pt=truncated(out, "tokenizer.pt") if what == "trunc" else what)
@@ -185,6 +221,16 @@ def file_cases(out, tmp):
               ["cannot write to --out-dir"]),
              ("train.py", "--data that does not exist", train, [*TOK, "--out-dir", str(tmp / "d"), "--data",
                                                                   str(tmp / "nodata")], 1, ["nodata"])]
+    d = copy_run(out, str(tmp / "export-payload"), t2i_pt=payload_checkpoint(PAYLOAD_RAN))
+    cases += [("export.py", "a run with no checkpoint", export, ["--out-dir", str(tmp / "adir"), "--to",
+                                                                 str(tmp / "e1")], 1, ["no checkpoint in"]),
+              ("export.py", "--to a folder that holds files", export, ["--out-dir", out, "--to", str(tmp)], 1,
+               ["not an empty folder"]),
+              ("export.py", "--to a file", export, ["--out-dir", out, "--to", str(tmp / "blocker")], 1,
+               ["not an empty folder"]),
+              ("export.py", "a checkpoint with a pickle payload", export, ["--out-dir", d, "--to", str(tmp / "e2")], 1,
+               ["refused"]),
+              ("export.py", "no --to", export, ["--out-dir", out], 2, ["--to"])]
     for name, words in (("zero.png", ["not a readable image"]), ("garbage.jpg", ["not a readable image"]),
                         ("text.png", ["not a readable image"]), ("half.png", ["not a readable image"]),
                         ("adir", ["is a directory"]), ("missing.png", ["no such file"])):
@@ -212,7 +258,22 @@ def test_every_bad_input_is_one_line_with_the_right_exit_code_and_loses_no_file(
     lost = [p for p in before if before[p] != after.get(p)]
     assert not failures, "\n".join(failures)
     assert not lost, lost  # no file changed or disappeared
-    assert len(cases) >= 70, len(cases)
+    assert not os.path.exists(PAYLOAD_RAN)  # no payload ran
+    assert len(cases) >= 75, len(cases)
+
+
+def test_a_checkpoint_with_a_pickle_payload_is_refused_and_runs_nothing(tmp_path):
+    """The shared-checkpoint attack: a 1 KB t2i.pt in an out-dir, then python sample.py in it."""
+    out, marker = tmp_path / "shared", str(tmp_path / "the-payload-ran")
+    out.mkdir()
+    (out / "t2i.pt").write_bytes(payload_checkpoint(marker))
+    pickle.loads(pickle.dumps(Payload(marker)))  # the payload is live: a plain unpickling runs it
+    assert os.path.exists(marker)
+    os.remove(marker)
+    r = run("sample.py", "--out-dir", str(out), "--prompt", "a red circle", "--out", str(tmp_path / "x.png"),
+            check=False)
+    assert_one_line_error(r, "t2i.pt", "would run Python code", "refused")
+    assert not os.path.exists(marker)
 
 
 ODD_PROMPTS = {"10,000 characters": "a large red circle at the top " * 334, "emoji": "a 🔴 red circle 🎨 at the top ✨",

@@ -32,7 +32,7 @@ def start(out, log, resume):
 
 
 def weights(path):
-    ck = torch.load(path, weights_only=False)
+    ck = torch.load(path, weights_only=True)
     return ck["model"], ck["ema"]
 
 

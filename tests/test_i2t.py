@@ -151,7 +151,7 @@ def test_textae_learns_the_captions(trained):
     assert train_recs[-1]["token_acc"] > train_recs[0]["token_acc"]
     evals = [r for r in log if "val_ce" in r]
     assert [r["step"] for r in evals] == [60, 120] and evals[1]["val_ce"] < evals[0]["val_ce"]
-    ck = torch.load(os.path.join(trained, "textae.pt"), weights_only=False)
+    ck = torch.load(os.path.join(trained, "textae.pt"), weights_only=True)
     assert ck["finished"] and ck["model_config"]["decoder"]["vocab_size"] == len(ck["model_config"]["vocab"]["ids"])
     assert ck["model_config"]["projector"]["num_tokens"] == 8  # the tiny tokenizer's N, read from tokenizer.pt
     assert ck["ema"]["latent_scale"].item() != 1.0  # measured at the end
@@ -165,7 +165,7 @@ def test_i2t_trains_and_logs_what_it_should(trained):
     assert "flow_t0" in train_recs[-1]
     evals = [r for r in log if "val_flow" in r]
     assert [r["step"] for r in evals] == [40] and 0 <= evals[0]["val_acc_all"] <= 1
-    ck = torch.load(os.path.join(trained, "i2t.pt"), weights_only=False)
+    ck = torch.load(os.path.join(trained, "i2t.pt"), weights_only=True)
     assert ck["finished"] and ck["model_config"]["textae"].startswith("textae-step120")
     assert os.path.getsize(os.path.join(trained, "i2t_preview.png")) > 0
 
@@ -180,13 +180,12 @@ def test_textae_resume_is_exact(trained, tmp_path):
     run("train.py", *AE, "--max-steps", "12", "--log-every", "2", "--out-dir", b, "--resume")
     losses = lambda d: [(r["step"], r["loss"]) for r in read_log(d, "textae") if "loss" in r]
     assert losses(a) == losses(b) and len(losses(a)) == 6
-    ea = torch.load(os.path.join(a, "textae.pt"), weights_only=False)["ema"]
-    eb = torch.load(os.path.join(b, "textae.pt"), weights_only=False)["ema"]
+    ea = torch.load(os.path.join(a, "textae.pt"), weights_only=True)["ema"]
+    eb = torch.load(os.path.join(b, "textae.pt"), weights_only=True)["ema"]
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
 def test_sample_captions_images_of_every_kind(trained, tmp_path):
-    from PIL import Image
     import data
     img = data.render({"shape": "circle", "color": "red", "size": "large", "position": "top"}, size=64)
     paths = {"rgb.png": img, "grey.png": img.convert("L"), "rgba.png": img.convert("RGBA"),
@@ -208,6 +207,23 @@ def test_sample_captions_images_of_every_kind(trained, tmp_path):
     assert_one_line_error(run("sample.py", "--out-dir", str(tmp_path), "--image", str(tmp_path / "rgb.png"),
                               check=False), "i2t.pt", "python train.py --task i2t")
 
+
+def test_an_exported_run_captions_the_same(trained, tmp_path):
+    """export.py, then the exported folder in place of the out-dir: the same text latents and captions, bit for bit."""
+    import data
+    import pipeline
+    exported = str(tmp_path / "shared")
+    r = run("export.py", "--out-dir", trained, "--to", exported)
+    assert f"wrote {exported}: tokenizer, textae, i2t" in r.stdout
+    assert not [f for _, _, files in os.walk(exported) for f in files if f.endswith(".pt")]  # no pickle went along
+    test = data.ShapesDataset("test", size=16, n=6, seed=0)
+    images = torch.stack([test[i]["image"] for i in range(len(test))])
+    a, b = pipeline.load_image_to_text(trained), pipeline.load_image_to_text(exported)
+    assert torch.equal(a.latents(images, steps=4), b.latents(images, steps=4))
+    assert a.captions(images, steps=4) == b.captions(images, steps=4)
+    data.render(test.attrs(0), size=32).save(tmp_path / "img.png")
+    outs = [run("sample.py", "--out-dir", d, "--image", str(tmp_path / "img.png")).stdout for d in (trained, exported)]
+    assert outs[0] == outs[1]
 
 def test_evaluate_i2t_reports_everything(trained, tmp_path):
     res_path = str(tmp_path / "r.json")
@@ -231,7 +247,7 @@ def test_i2t_trains_what_it_needs_first(tmp_path, monkeypatch, capsys):
     train.main([*I2T, "--max-steps", "3", "--out-dir", out, "--sample-every", "1000"])
     printed = capsys.readouterr().out
     assert "notice: no trained tokenizer" in printed and "notice: no trained textae" in printed
-    assert [torch.load(os.path.join(out, f"{t}.pt"), weights_only=False)["step"] for t in
+    assert [torch.load(os.path.join(out, f"{t}.pt"), weights_only=True)["step"] for t in
             ("tokenizer", "textae", "i2t")] == [4, 4, 3]
 
 

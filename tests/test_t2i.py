@@ -33,7 +33,7 @@ def test_t2i_trains_and_logs_what_it_should(trained):
     assert [r["step"] for r in log if "val_flow" in r] == [40, 80]
     for name in ("t2i.pt", "t2i_loss.png", "t2i_preview.png"):
         assert os.path.getsize(os.path.join(trained, name)) > 0
-    ck = torch.load(os.path.join(trained, "t2i.pt"), weights_only=False)
+    ck = torch.load(os.path.join(trained, "t2i.pt"), weights_only=True)
     assert ck["finished"] and ck["step"] == 80
     assert ck["model_config"]["tokenizer"].startswith("tokenizer-step30")
     assert ck["model_config"]["flow"]["num_tokens"] == 8 and ck["model_config"]["projector"]["text_dim"] == 384
@@ -50,8 +50,8 @@ def test_t2i_resume_is_exact(trained, tmp_path):
     run("train.py", *T2I, "--max-steps", "20", "--out-dir", b, "--resume")
     losses = lambda d: [(r["step"], r["loss"], r["flow"]) for r in read_log(d, "t2i") if "loss" in r]
     assert losses(a) == losses(b)
-    ea = torch.load(os.path.join(a, "t2i.pt"), weights_only=False)["ema"]
-    eb = torch.load(os.path.join(b, "t2i.pt"), weights_only=False)["ema"]
+    ea = torch.load(os.path.join(a, "t2i.pt"), weights_only=True)["ema"]
+    eb = torch.load(os.path.join(b, "t2i.pt"), weights_only=True)["ema"]
     assert all(torch.equal(ea[k], eb[k]) for k in ea)
 
 
@@ -63,8 +63,8 @@ def test_t2i_trains_the_missing_tokenizer_first(tmp_path, monkeypatch, capsys):
     train.main([*T2I, "--max-steps", "4", "--out-dir", out, "--sample-every", "1000"])
     printed = capsys.readouterr().out
     assert "notice: no trained tokenizer" in printed
-    assert torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)["step"] == 6
-    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=False)["step"] == 4
+    assert torch.load(os.path.join(out, "tokenizer.pt"), weights_only=True)["step"] == 6
+    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=True)["step"] == 4
 
 
 def test_t2i_under_torchrun_with_gathered_negatives(trained, tmp_path):
@@ -73,19 +73,18 @@ def test_t2i_under_torchrun_with_gathered_negatives(trained, tmp_path):
     shutil.copy(os.path.join(trained, "tokenizer.pt"), out)
     run("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *T2I, "--max-steps", "6",
         "--out-dir", out, "--gather-negatives", "--device", "cpu")
-    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=False)["step"] == 6
+    assert torch.load(os.path.join(out, "t2i.pt"), weights_only=True)["step"] == 6
 
 
 def test_sample_is_deterministic_and_per_prompt(trained, tmp_path):
-    import flow
-    from sample import text_to_image
-    model, tokenizer, encoder = flow.load_text_to_image(trained)
-    a = text_to_image(model, tokenizer, encoder, ["a big red circle"], n=3, seed=5)
-    ab = text_to_image(model, tokenizer, encoder, ["a tiny blue box", "a big red circle"], n=3, seed=5)
+    import pipeline
+    t2i = pipeline.load_text_to_image(trained)
+    a = t2i.images(["a big red circle"], n=3, seed=5)
+    ab = t2i.images(["a tiny blue box", "a big red circle"], n=3, seed=5)
     assert a.shape == (3, 3, 16, 16) and ab.shape == (6, 3, 16, 16)
     assert torch.allclose(a, ab[3:], atol=1e-5)  # a prompt's images do not depend on its neighbours
     assert not torch.allclose(a[0], a[1])  # different samples of one prompt differ
-    assert not torch.allclose(a, text_to_image(model, tokenizer, encoder, ["a big red circle"], n=3, seed=6))
+    assert not torch.allclose(a, t2i.images(["a big red circle"], n=3, seed=6))
     paths = [str(tmp_path / f"s{i}.png") for i in range(2)]
     for p in paths:
         r = run("sample.py", "--out-dir", trained, "--prompt", "a large red circle at the top", "--prompt",
@@ -137,3 +136,21 @@ def test_evaluate_t2i_reports_everything(trained, tmp_path):
                        '"position": "top"}\n')
     assert_one_line_error(run("evaluate.py", "--task", "t2i", "--out-dir", trained, "--prompts", str(prompts),
                               *JUDGE, check=False), "hexagon")
+
+
+def test_an_exported_run_draws_the_same_pictures(trained, tmp_path):
+    """export.py writes safetensors + JSON per component, no pickle; the pipeline reads the folder and draws bit for
+    bit what the out-dir draws."""
+    import pipeline
+    exported = str(tmp_path / "shared")
+    r = run("export.py", "--out-dir", trained, "--to", exported)
+    assert f"wrote {exported}: tokenizer, t2i" in r.stdout
+    assert {c: sorted(os.listdir(os.path.join(exported, c))) for c in os.listdir(exported)} == {
+        c: ["config.json", "model.safetensors"] for c in ("tokenizer", "t2i")}
+    a = pipeline.load_text_to_image(trained).images(["a big red circle", "a tiny blue box"], n=2, seed=3)
+    b = pipeline.load_text_to_image(exported).images(["a big red circle", "a tiny blue box"], n=2, seed=3)
+    assert torch.equal(a, b)
+    paths = [str(tmp_path / f"{name}.png") for name in ("out", "exported")]
+    for d, p in zip((trained, exported), paths):
+        run("sample.py", "--out-dir", d, "--prompt", "a large red circle at the top", "--n", "2", "--out", p)
+    assert open(paths[0], "rb").read() == open(paths[1], "rb").read()

@@ -50,7 +50,7 @@ def test_training_loss_falls_and_evaluate_reads_it(tmp_path):
     assert all(0 < s < 1 for s in shares), shares  # the share of wall time spent in the data loader
     for name in ("tokenizer.pt", "tokenizer_loss.png", "tokenizer_preview.png"):
         assert os.path.getsize(os.path.join(out, name)) > 0
-    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
+    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=True)
     assert ck["finished"] and ck["step"] == 60 and ck["config"]["lr"] == 3e-3
     assert ck["model_config"]["num_latents"] == 8 and ck["ema"]["latent_scale"] > 0
     assert [e["step"] for e in ck["evals"]] == [60] and ck["evals"][0]["val_psnr"] > 10
@@ -64,11 +64,11 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     run("train.py", *TINY, "--max-steps", "16", "--out-dir", a)
     r = run("train.py", *TINY, "--max-steps", "16", "--out-dir", b, "--stop-at-step", "7")
     assert "stopped at step 7" in r.stdout
-    assert torch.load(os.path.join(b, "tokenizer.pt"), weights_only=False)["step"] == 7
+    assert torch.load(os.path.join(b, "tokenizer.pt"), weights_only=True)["step"] == 7
     run("train.py", *TINY, "--max-steps", "16", "--out-dir", b, "--resume")
     assert log_losses(a) == log_losses(b)  # every logged loss, bit for bit
-    wa = torch.load(os.path.join(a, "tokenizer.pt"), weights_only=False)
-    wb = torch.load(os.path.join(b, "tokenizer.pt"), weights_only=False)
+    wa = torch.load(os.path.join(a, "tokenizer.pt"), weights_only=True)
+    wb = torch.load(os.path.join(b, "tokenizer.pt"), weights_only=True)
     for k in wa["model"]:
         assert torch.equal(wa["model"][k], wb["model"][k]), k
         assert torch.equal(wa["ema"][k], wb["ema"][k]), k
@@ -79,7 +79,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     r = run("train.py", *TINY, "--max-steps", "6", "--out-dir", out,
             launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
     assert "2 process(es)" in r.stdout
-    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=False)
+    ck = torch.load(os.path.join(out, "tokenizer.pt"), weights_only=True)
     assert ck["step"] == 6 and ck["finished"]
     assert len(log_losses(out)) == 3  # rank 0 alone writes the log
 
