@@ -112,9 +112,9 @@ def latent_shape(design, preset):
 
 
 def training_loss(design, model, text, latent):
-    if design == "flowtok":  # train.py's t2i weights: flow + KL + alignment
-        import train
-        d = train.TASK_DEFAULTS["t2i"]
+    if design == "flowtok":  # the t2i task's weights: flow + KL + alignment
+        import tasks
+        d = tasks.T2ITask.DEFAULTS
         return model(text, latent, d["kl_weight"], d["align_weight"])[0]
     return model.loss(text, latent)
 

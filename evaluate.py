@@ -319,7 +319,8 @@ def eval_i2t(args):
         # reads the targets themselves.
         seed = i2t.trained_seed
         z_real = torch.cat([tokenizer.encode(x.to(device))[0].cpu() for x in images.split(args.batch_size)])
-        z_flow = torch.cat([i2t.latents(x, args.steps, args.cfg, args.seed).cpu() for x in images.split(args.batch_size)])
+        z_flow = torch.cat([i2t.latents(x, args.steps, args.cfg, args.seed).cpu()
+                            for x in images.split(args.batch_size)])
         train = data.ShapesDataset("train", n=PROBE_IMAGES // 2, seed=seed)
         train_refs = [train.all_captions(i) for i in range(len(train))]
         train_means = autoencoder.caption_means(embed([c for r in train_refs for c in r]), [len(r) for r in train_refs])

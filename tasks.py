@@ -52,6 +52,10 @@ def load_judge_if_there(out_dir, val_set, n_val, device):
 
 class TokenizerTask:
     """Reconstruction: L2 + kl_weight * KL. Previews: real images over their EMA reconstructions."""
+    DEFAULTS = dict(preset="cpu", batch_size=16, max_steps=8000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                    warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                    kl_weight=1e-6, edge_weight=1.0, hue_augment=0.5)
+    NEEDS = ()
 
     def __init__(self, args):
         self.args = args
@@ -214,6 +218,10 @@ class T2ITask:
     L = L_flow + kl_weight * L_kl + align_weight * L_align on two frozen inputs, both computed once and cached:
     the text encoder's caption embeddings and the tokenizer's posterior (mean, logvar) of every training image.
     Each step draws a fresh image latent from the cached posterior. Previews: a grid of samples for fixed prompts."""
+    DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=1500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                    warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                    kl_weight=1e-4, align_weight=1.0, t_dist="uniform")
+    NEEDS = ("tokenizer",)
 
     def __init__(self, args):
         self.args = args

@@ -68,6 +68,10 @@ class TextAETask:
     caption from Z_T rather than from the words before; a share recolor of the images' captions get another colour
     word (text only; data.recolor) (README, Design choices). The vocabulary comes from the training captions, so
     the model is built in prepare(). Preview: validation captions and their reconstructions."""
+    DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+                    warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                    kl_weight=0.0, mean_weight=1.0, word_dropout=0.0, recolor=0.5)
+    NEEDS = ()
 
     def __init__(self, args):
         self.args = args
@@ -179,6 +183,10 @@ class I2TTask:
     image's reference captions: the point a flow from one image lands on anyway (README, Design choices), without
     the noise of which caption happened to be drawn. Previews: captions of validation images, and on Shapes how
     many attributes they get right."""
+    DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=2000, lr=2e-3, min_lr=1e-5, lr_schedule="cosine",
+                    warmup_steps=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
+                    t_dist="early")
+    NEEDS = ("tokenizer", "textae")
 
     def __init__(self, args):
         self.args = args

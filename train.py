@@ -48,25 +48,12 @@ import tokenizer as tok
 from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve,
                     fail, is_finished, pick_device)
 
-# -----------------------------------------------------------------------------
-# Defaults per task: the recipes. A flag given on the command line overrides its entry here.
-
-TASK_DEFAULTS = {
-    "tokenizer": dict(preset="cpu", batch_size=16, max_steps=8000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                      warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                      kl_weight=1e-6, edge_weight=1.0, hue_augment=0.5),
-    "t2i": dict(preset="cpu", batch_size=128, max_steps=1500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                kl_weight=1e-4, align_weight=1.0, t_dist="uniform"),
-    "textae": dict(preset="cpu", batch_size=128, max_steps=350, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
-                   warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999, kl_weight=0.0,
-                   mean_weight=1.0, word_dropout=0.0, recolor=0.5),
-    "i2t": dict(preset="cpu", batch_size=128, max_steps=2000, lr=2e-3, min_lr=1e-5, lr_schedule="cosine",
-                warmup_steps=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, ema_decay=0.999, t_dist="early"),
-}
 TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae": text_tasks.TextAETask,
                 "i2t": text_tasks.I2TTask}
-PREREQUISITES = {"t2i": ("tokenizer",), "i2t": ("tokenizer", "textae")}  # frozen inputs, trained first if missing
+# Each task's recipe (a flag given on the command line overrides its entry) and its frozen inputs, which are
+# trained first if missing: the task classes carry them.
+TASK_DEFAULTS = {t: c.DEFAULTS for t, c in TASK_CLASSES.items()}
+PREREQUISITES = {t: c.NEEDS for t, c in TASK_CLASSES.items() if c.NEEDS}
 TASKS = tuple(TASK_DEFAULTS)
 MAX_SKIPS_IN_A_ROW = 20  # --skip-nonfinite gives up after this many consecutive non-finite steps: the run diverged
 # Fault injection, for the tests: the batches of these steps are multiplied by NaN (FLOWTOK_FAULT_NAN_STEPS="5,6").
