@@ -54,7 +54,7 @@ TOKENIZER_FOR = {"tiny": "tiny", "cpu": "cpu", "S": "cpu", "B": "paper", "XL": "
 BATCHES = {"cpu": {"tiny": (8, 16), "cpu": (64, 128), "S": (16, 32), "B": (4, 8), "XL": (1, 2), "H": (1, 2)},
            "cuda": {"tiny": (64, 64), "cpu": (256, 256), "S": (64, 128), "B": (64, 64), "XL": (64, 64), "H": (64, 64)}}
 MEMORY_BATCH = 64  # sampling memory is compared at the paper's sampling batch (below it, weights dominate)
-PAPER_XL_A100_IMG_S = 22.7  # FLOWTOK.md: FlowTok-XL sampling throughput on an A100
+PAPER_XL_A100_IMG_S = 22.7  # docs/METHOD.md, "Sizes": FlowTok-XL sampling throughput on an A100
 # Done-when targets (issue 6), checked and reported at the end of a run.
 MIN_SPEEDUP, MAX_TEXT_SHARE, MIN_MFU = 3.0, 0.25, 0.5
 
@@ -246,7 +246,7 @@ def measure_pipeline(spec, device):
     tcfg = tok.TokenizerConfig(**{**vars(tok.PRESETS[TOKENIZER_FOR[preset]]), "num_latents": fcfg.num_tokens,
                                   "latent_dim": fcfg.token_dim})
     tokenizer = tok.Tokenizer(tcfg).to(device).eval().requires_grad_(False)
-    val = data.open_dataset("shapes", "val")
+    val = data.ShapesDataset("val")
     captions = [val.caption(i) for i in range(B)]
     t2i = pipeline.TextToImagePipeline(model, tokenizer, encoder)
     with torch.no_grad():

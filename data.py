@@ -1,5 +1,6 @@
 """
-Data for flowtok: the synthetic Shapes dataset (the embedded default); real image-caption sets are in real_data.py.
+Data for flowtok: the synthetic Shapes dataset (the embedded default); real image-caption sets, and open_dataset
+(any --data), are in real_data.py.
 
 Every dataset here yields dicts with the same keys, so the training code never asks where data came from:
     image    float tensor (3, H, W) in [0, 1]       -- the one image convention of the whole repository
@@ -278,17 +279,3 @@ def image_tensor(dataset, cache_dir=None, desc="images"):
     del out
     os.replace(tmp, path)  # atomic: a killed run never leaves half a cache behind
     return torch.from_numpy(np.load(path, mmap_mode="c"))
-
-
-def open_dataset(spec, split="train", size=32, seed=0, n=None):
-    """"shapes", a COCO captions_*.json, a COCO root (annotations/captions_*.json) or an image-caption folder.
-
-    COCO: the json whose name holds `split` (test falls back to val: COCO has no public test captions); a json
-    without a split in its name is hash-split by real_data.split_items. Folders: train/val/test subfolders if
-    present (test falls back to val), else real_data.split_items (98/1/1 by hash of the relative path).
-    `seed`: Shapes only.
-    """
-    if spec == "shapes":
-        return ShapesDataset(split, size, n, seed)
-    import real_data  # real_data imports this module (pil_to_tensor), so it is imported here, not at the top
-    return real_data.open_real(spec, split, size, n)

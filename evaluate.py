@@ -73,7 +73,7 @@ def open_split(args, spec, size, trained_seed):
     """The split evaluate.py measures on: Shapes test is the same for every run (seed 0); Shapes val is the run's
     own validation split (train.py draws it from --seed); real data has one of each."""
     seed = trained_seed if args.split == "val" else 0
-    return data.open_dataset(spec, args.split, size=size, seed=seed, n=args.n if spec == "shapes" else None)
+    return real_data.open_dataset(spec, args.split, size=size, seed=seed, n=args.n if spec == "shapes" else None)
 
 
 @torch.no_grad()

@@ -2,9 +2,9 @@
 The flow: a DiT-style velocity network over N x D tokens, the flow-matching loss with CrossFlow's CFG
 indicator, and the Euler sampler.
 
-Time convention (FLOWTOK.md; stated here once, used everywhere): t = 0 is the source, t = 1 the target.
-For text-to-image the source x0 is the text tokens Z_T and the target x1 the image tokens Z_I; image-to-text
-swaps them. With SIGMA_MIN = 1e-5:
+Time convention (docs/METHOD.md, "Time convention and sampling"; stated here once, used everywhere): t = 0 is the
+source, t = 1 the target. For text-to-image the source x0 is the text tokens Z_T and the target x1 the image tokens
+Z_I; image-to-text swaps them. With SIGMA_MIN = 1e-5:
     x_t = (1 - (1 - SIGMA_MIN) t) x0 + t x1          (a straight line from x0 to ~x1)
     v   = x1 - (1 - SIGMA_MIN) x0                    (its constant velocity: the regression target)
 The paper draws t logit-normal, t = sigmoid(n), n ~ N(0, 1): most training signal in the middle of the path.
@@ -29,7 +29,7 @@ SIGMA_MIN = 1e-5
 CFG_FLAG_PROB = 0.1
 # Default guidance scales at sampling (sample.py, evaluate.py, the training previews), chosen on Shapes validation
 # images (README, Design choices): text-to-image reads best without guidance (s = 1 on both seeds measured, where
-# FLOWTOK.md uses s = 2), image-to-text with a little (s = 2).
+# the paper uses s = 2; docs/METHOD.md, "Guidance"), image-to-text with a little (s = 2).
 SAMPLE_STEPS = 20  # Euler steps per sample, both directions (the paper's default)
 T2I_CFG, I2T_CFG = 1.0, 2.0
 T2I_NOISE_SCALE = 0.5  # text-to-image sampling: Z_T = mean + NOISE_SCALE * std * noise
@@ -44,7 +44,7 @@ class FlowConfig:
     heads: int = 4
 
 
-# B, XL, H: the paper's table (FLOWTOK.md). tiny: tests. cpu: the CPU default.
+# B, XL, H: the paper's table (docs/METHOD.md, "Sizes"). tiny: tests. cpu: the CPU default.
 PRESETS = {
     "tiny": FlowConfig(width=32, depth=2, heads=2),
     "cpu": FlowConfig(width=192, depth=6, heads=4),
@@ -235,7 +235,7 @@ class TextToImage(nn.Module):
 
     def forward(self, text, z_image, kl_weight, align_weight, flag_prob=CFG_FLAG_PROB, gather=False,
                 t_dist="logit-normal", noise=None, t=None):
-        """Training loss L_flow + kl_weight * L_kl + align_weight * L_align (FLOWTOK.md).
+        """Training loss L_flow + kl_weight * L_kl + align_weight * L_align (docs/METHOD.md, "Losses").
         text (B, N, C) from the frozen encoder; z_image (B, N, D) in flow space. noise (B, N, D) and t (B,) fix the
         draws of Z_T and of t (default: fresh ones; the tests fix them to compare one process with several).
         Returns (loss, stats of 0-d tensors, per-sample flow error (B,), t (B,))."""
@@ -267,8 +267,9 @@ class TextToImage(nn.Module):
 
 
 # The image-to-text model: the flow from image tokens Z_I (the source, t = 0) to text tokens Z_T (the target, t = 1),
-# both in flow space. No projector is trained with it (FLOWTOK.md: no KL, no alignment loss on this path): its
-# targets come from the frozen text autoencoder (text_decoder.py), whose decoder turns the flow's output into words.
+# both in flow space. No projector is trained with it (docs/METHOD.md, "Image to text": no KL, no alignment loss on
+# this path): its targets come from the frozen text autoencoder (text_decoder.py), whose decoder turns the flow's
+# output into words.
 
 class ImageToText(nn.Module):
     """source_noise: the std (flow units) of Gaussian noise added to Z_I, in training and sampling alike, to make the

@@ -1,6 +1,6 @@
 """
 The text side of FlowTok: a frozen text encoder, the trained text projector that squeezes its per-token
-embeddings (B, N, C) into flow tokens Z_T (B, N, D), and the two regularisers (FLOWTOK.md):
+embeddings (B, N, C) into flow tokens Z_T (B, N, D), and the two regularisers (docs/METHOD.md, "Losses"):
 
     T_init = TextEncoder(captions)                                  (B, N, C), frozen, cached on disk
     mean, logvar = TextProjector(T_init);  Z_T = mean + exp(logvar / 2) * eps        (B, N, D)

@@ -1,6 +1,6 @@
 """
 Real image-caption data for flowtok: COCO captions and plain image-caption folders, with the same sample dicts as
-data.py's Shapes (data.py describes them). data.open_dataset(spec) comes here for anything but "shapes".
+data.py's Shapes (data.py describes them), and open_dataset(spec): any --data, Shapes included.
 
 Bad input surfaces as a DataError (one line: the path and what to do) when the dataset is unusable, or as a count in
 `dataset.skipped` (+ a few `skipped_examples`) for images dropped at construction: train.py reports them at start
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from data import pil_to_tensor
+from data import ShapesDataset, pil_to_tensor
 
 REAL_SPLITS = ("train", "val", "test")  # real data has no judge split
 
@@ -227,7 +227,7 @@ def scan_txt(root):
 
 
 def open_real(spec, split="train", size=32, n=None):
-    """data.open_dataset for a COCO captions_*.json, a COCO root or an image-caption folder (its docstring says how)."""
+    """open_dataset for a COCO captions_*.json, a COCO root or an image-caption folder (its docstring says how)."""
     if split not in REAL_SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {sorted(REAL_SPLITS)}")
     path, wanted = os.path.expanduser(str(spec)), (split, "val") if split == "test" else (split,)
@@ -255,3 +255,16 @@ def open_real(spec, split="train", size=32, n=None):
     if subs:
         raise DataError(f"{path} has {'/'.join(subs)} subfolders but no '{split}' one: add {os.path.join(path, split)}")
     return FolderCaptions(path, size, split=split, n=n)
+
+
+def open_dataset(spec, split="train", size=32, seed=0, n=None):
+    """"shapes", a COCO captions_*.json, a COCO root (annotations/captions_*.json) or an image-caption folder.
+
+    COCO: the json whose name holds `split` (test falls back to val: COCO has no public test captions); a json
+    without a split in its name is hash-split by split_items. Folders: train/val/test subfolders if
+    present (test falls back to val), else split_items (98/1/1 by hash of the relative path).
+    `seed`: Shapes only.
+    """
+    if spec == "shapes":
+        return ShapesDataset(split, size, n, seed)
+    return open_real(spec, split, size, n)

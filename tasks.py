@@ -214,7 +214,7 @@ def embed_unique(encoder, captions, cache):
 
 
 class T2ITask:
-    """Text-to-image (FLOWTOK.md): projector + alignment head + flow, trained jointly with
+    """Text-to-image (docs/METHOD.md, "Losses"): projector + alignment head + flow, trained jointly with
     L = L_flow + kl_weight * L_kl + align_weight * L_align on two frozen inputs, both computed once and cached:
     the text encoder's caption embeddings and the tokenizer's posterior (mean, logvar) of every training image.
     Each step draws a fresh image latent from the cached posterior. Previews: a grid of samples for fixed prompts."""

@@ -1,5 +1,5 @@
 """
-The text decoder of FlowTok's image-to-text direction (FLOWTOK.md, "Image-to-text"): a small GPT that turns flow
+The text decoder of FlowTok's image-to-text direction (docs/METHOD.md, "Image to text"): a small GPT that turns flow
 tokens Z_T (B, N, D) back into words, and the text autoencoder that trains it before any flow exists:
 
     mean, logvar = TextProjector(TextEncoder(caption));  Z_T = mean + exp(logvar / 2) * eps      (B, N, D)

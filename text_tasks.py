@@ -177,12 +177,12 @@ class TextAETask:
 
 
 class I2TTask:
-    """Image-to-text (FLOWTOK.md): the flow from the tokenizer's image tokens (source) to the text autoencoder's text
-    tokens (target), both frozen, L = L_flow only. Both are precomputed: the image posterior of every training image
-    (cached, as for t2i; each step draws a fresh sample) and, as its target, the mean of the projector's Z_T over the
-    image's reference captions: the point a flow from one image lands on anyway (README, Design choices), without
-    the noise of which caption happened to be drawn. Previews: captions of validation images, and on Shapes how
-    many attributes they get right."""
+    """Image-to-text (docs/METHOD.md, "Image to text"): the flow from the tokenizer's image tokens (source) to the
+    text autoencoder's text tokens (target), both frozen, L = L_flow only. Both are precomputed: the image posterior
+    of every training image (cached, as for t2i; each step draws a fresh sample) and, as its target, the mean of the
+    projector's Z_T over the image's reference captions: the point a flow from one image lands on anyway (README,
+    Design choices), without the noise of which caption happened to be drawn. Previews: captions of validation
+    images, and on Shapes how many attributes they get right."""
     DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=2000, lr=2e-3, min_lr=1e-5, lr_schedule="cosine",
                     warmup_steps=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                     t_dist="early")

@@ -7,7 +7,7 @@ The 1D image tokenizer (TA-TiTok style, continuous, with FlowTok's RoPE + SwiGLU
     z --Linear D -> width--> K latent tokens ; P copies of a learned mask token
         --ViT decoder--> keep the P mask outputs --pixel head--> image (B, 3, H, W)
 
-K (num_latents) equals the text length N so that text and image latents have the same shape (FLOWTOK.md).
+K (num_latents) equals the text length N so that text and image latents have the same shape (docs/METHOD.md, "Tokens").
 Patch tokens carry position through 2D RoPE; latent tokens are unrotated and tell themselves apart by their
 learned content (encoder) or a learned per-slot embedding (decoder). One exception: the decoder's mask tokens
 are all the same vector, and RoPE only ever sees relative offsets, so nothing could tell the mask token of the
@@ -44,7 +44,7 @@ class TokenizerConfig:
 
 
 # cpu: measured to train to high PSNR on 2 CPU cores in minutes (README, "Design choices").
-# paper: ViT-B encoder, ViT-L decoder, patch 16, 256 px, 77 tokens x 16 channels (FLOWTOK.md).
+# paper: ViT-B encoder, ViT-L decoder, patch 16, 256 px, 77 tokens x 16 channels (docs/METHOD.md, "Sizes").
 PRESETS = {
     "tiny": TokenizerConfig(image_size=16, patch_size=4, num_latents=8, latent_dim=4, enc_width=32, enc_depth=1,
                             enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2, stem_channels=4),  # tests

@@ -38,7 +38,6 @@ from contextlib import nullcontext
 
 import torch
 
-import data
 import real_data
 import flow
 import projector as pj
@@ -293,8 +292,8 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
                         f"with, or train afresh in another --out-dir")
 
     # Data: prepared once into out/cache (images as one uint8 tensor; the flows add latents and text embeddings).
-    train_set = data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
-    val_set = data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
+    train_set = real_data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
+    val_set = real_data.open_dataset(args.data, "val", size=task.image_size, seed=args.seed)
 
     def master_first(make):
         """Rank 0 computes (and caches) first; the other ranks then read its cache."""

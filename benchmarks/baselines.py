@@ -2,8 +2,8 @@
 The two 2D-latent designs that bench.py measures FlowTok against. They are not part of flowtok: only the bench and
 its test import them, and they are only ever timed, never trained to convergence. Each is built at the width / depth
 / heads of the FlowTok flow it is compared with, from the same pieces (layers.py, flow.py), so what differs is what
-FlowTok changes (FLOWTOK.md): the latent, a 32 x 32 x 4 grid cut into 2 x 2 patches (256 tokens of 16 numbers)
-against FlowTok's 77 x 16 tokens, and, for (b), cross-attention.
+FlowTok changes (docs/METHOD.md, "Text to image"): the latent, a 32 x 32 x 4 grid cut into 2 x 2 patches (256
+tokens of 16 numbers) against FlowTok's 77 x 16 tokens, and, for (b), cross-attention.
 
 (b) LDM2D, the conventional choice: a text-conditioned DiT on the 2D latent (PixArt / SD3 style, with the same
     flow-matching objective and sampler), starting from noise. Each block is self-attention, then cross-attention

@@ -13,9 +13,9 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import real_data  # noqa: E402
-from data import (HELDOUT_PAIRS, TEMPLATES, ShapesDataset, collate, make_caption, open_dataset,  # noqa: E402
-                  parse_caption, sample_params)
-from real_data import CocoCaptions, DataError, FolderCaptions, load_rgb  # noqa: E402
+from data import (HELDOUT_PAIRS, TEMPLATES, ShapesDataset, collate, make_caption, parse_caption,  # noqa: E402
+                  sample_params)
+from real_data import CocoCaptions, DataError, FolderCaptions, load_rgb, open_dataset  # noqa: E402
 
 
 def params_key(attrs, jitter):
