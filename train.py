@@ -29,7 +29,6 @@ and the step needs saving for that.
 import argparse
 import copy
 import functools
-import glob
 import json
 import math
 import os
@@ -40,12 +39,12 @@ import torch
 
 import real_data
 import flow
+import guards
 import projector as pj
 import tasks
 import text_tasks
 import tokenizer as tok
-from common import (ArgumentParser, UserError, atomic_save, load_checkpoint, ema_update, save_loss_curve,
-                    fail, is_finished, pick_device)
+from common import ArgumentParser, UserError, atomic_save, ema_update, fail, is_finished, pick_device, save_loss_curve
 
 TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae": text_tasks.TextAETask,
                 "i2t": text_tasks.I2TTask}
@@ -54,9 +53,6 @@ TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae"
 TASK_DEFAULTS = {t: c.DEFAULTS for t, c in TASK_CLASSES.items()}
 PREREQUISITES = {t: c.NEEDS for t, c in TASK_CLASSES.items() if c.NEEDS}
 TASKS = tuple(TASK_DEFAULTS)
-MAX_SKIPS_IN_A_ROW = 20  # --skip-nonfinite gives up after this many consecutive non-finite steps: the run diverged
-# Fault injection, for the tests: the batches of these steps are multiplied by NaN (FLOWTOK_FAULT_NAN_STEPS="5,6").
-NAN_STEPS = {int(s) for s in os.environ.get("FLOWTOK_FAULT_NAN_STEPS", "").split(",") if s.strip()}
 
 
 def get_args(argv=None):
@@ -116,7 +112,7 @@ def get_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/TASK.pt")
     p.add_argument("--skip-nonfinite", action="store_true",
                    help=f"skip (and count) a step whose loss or gradients are NaN or inf instead of stopping; "
-                        f"{MAX_SKIPS_IN_A_ROW} in a row still stop the run")
+                        f"{guards.MAX_SKIPS_IN_A_ROW} in a row still stop the run")
     p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
     p.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--sample-every", type=int, default=500, help="steps between validation metrics and preview "
@@ -216,57 +212,6 @@ def global_batch_indices(n, batch_size, step, seed):
     return epoch_permutation(n, seed, epoch)[k * batch_size: (k + 1) * batch_size]
 
 
-def check_out_dir(out_dir, ckpt_path):
-    """Make the out-dir, prove it writable before any work is done, and clear the leftovers of a checkpoint write
-    that a killed run left unfinished (the checkpoint itself is untouched: it is only ever replaced whole)."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to --out-dir {out_dir} ({e.strerror or e}); choose another --out-dir") from None
-    for tmp in glob.glob(glob.escape(ckpt_path) + ".tmp*"):
-        os.remove(tmp)
-        print(f"note: removed {tmp}, an unfinished checkpoint write of a killed run")
-
-
-def config_difference(saved, wanted, prefix=""):
-    """'key: saved vs wanted' for the first few entries where two model configs differ."""
-    diffs = []
-    for k in sorted(set(saved) | set(wanted), key=str):
-        a, b = saved.get(k), wanted.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_difference(a, b, f"{prefix}{k}.").split("; ") if a != b else []
-        elif a != b:
-            diffs.append(f"{prefix}{k}: {a!r} saved, {b!r} asked for")
-    return "; ".join(d for d in diffs[:3] if d)
-
-
-def trim_log(log_path, step):
-    """A resumed run repeats the steps after its checkpoint: drop the log lines a killed run wrote for them."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(log_path + ".tmp", "w") as f:
-        f.writelines(keep)
-    os.replace(log_path + ".tmp", log_path)
-
-
-def nonfinite_report(loss, stats, gnorm, step, ckpt_path, saved_step):
-    """The one line that says what became non-finite, where, and what to do."""
-    bad = [k for k, v in stats.items() if not torch.isfinite(v)] or (["the gradient norm"] if torch.isfinite(loss)
-                                                                      else ["the loss"])
-    terms = ", ".join(f"{k}={v.item():.4g}" for k, v in stats.items())
-    last = (f"the last good checkpoint is {ckpt_path} (step {saved_step})" if saved_step is not None
-            else "no checkpoint had been written yet")
-    return (f"non-finite {', '.join(bad)} at step {step} (loss={loss.item():.4g}, {terms}, grad_norm="
-            f"{gnorm.item():.4g}); {last}: resume from it with --resume and a lower --lr, or add --skip-nonfinite "
-            f"to skip such steps")
-
-
 # -----------------------------------------------------------------------------
 # The loop
 
@@ -276,20 +221,12 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
         raise UserError(f"--batch-size {args.batch_size} must be divisible by the number of processes ({world})")
     ckpt_path = os.path.join(args.out_dir, f"{args.task}.pt")
     if master:
-        check_out_dir(args.out_dir, ckpt_path)
-    if not args.resume and os.path.exists(ckpt_path):  # never overwrite a run by accident
-        raise UserError(f"{ckpt_path} already exists; continue it with --resume, or start afresh in another --out-dir "
-                        f"(or delete it first)")
-    # A checkpoint to resume is checked before any work is done: unreadable, of another task, or of another model.
-    ck = load_checkpoint(ckpt_path, expect_task=args.task) if args.resume and os.path.exists(ckpt_path) else None
+        guards.check_out_dir(args.out_dir, ckpt_path)
+    ck = guards.checkpoint_to_resume(args, ckpt_path)
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     task = TASK_CLASSES[args.task](args)
     task.to(device)
-    saved_config, wanted_config = (ck or {}).get("model_config"), getattr(task, "model_config", None)
-    if isinstance(saved_config, dict) and isinstance(wanted_config, dict) and saved_config != wanted_config:
-        diff = config_difference(saved_config, wanted_config)
-        raise UserError(f"{ckpt_path} holds a model of another shape ({diff}); resume with the flags it was trained "
-                        f"with, or train afresh in another --out-dir")
+    guards.check_same_model(ck, task, ckpt_path)
 
     # Data: prepared once into out/cache (images as one uint8 tensor; the flows add latents and text embeddings).
     train_set = real_data.open_dataset(args.data, "train", size=task.image_size, seed=args.seed, n=args.num_train)
@@ -314,25 +251,18 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
     autocast, scaler = autocast_and_scaler(device)
 
     step, history, evals, train_seconds = 0, [], [], 0.0
-    saved_step, skipped_steps = None, 0  # the step of the last checkpoint written; steps skipped (--skip-nonfinite)
-    if args.resume:
-        if ck is not None:
-            try:
-                model.load_state_dict(ck["model"])
-                ema.load_state_dict(ck["ema"])
-                opt.load_state_dict(ck["optimizer"])
-            except (RuntimeError, ValueError, KeyError):
-                raise UserError(f"{ckpt_path} holds a model of another shape ({ck.get('model_config')}); resume "
-                                f"with the flags it was trained with, or train afresh in another --out-dir") from None
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            step, history, evals, train_seconds = ck["step"], ck["history"], ck["evals"], ck["train_seconds"]
-            saved_step, skipped_steps = step, ck.get("skipped_steps", 0)
-            ck = None  # its tensors are copied into the model and optimizer: free them
-            if master:
-                print(f"resuming {ckpt_path} at step {step}")
-        elif master:
-            print(f"--resume: no checkpoint at {ckpt_path} yet, starting from scratch")
+    saved_step = None  # the step of the last checkpoint written
+    from tqdm import tqdm
+    nonfinite = guards.NonfiniteSteps(args.skip_nonfinite, ckpt_path, say=tqdm.write if master else lambda s: None)
+    if ck is not None:
+        guards.load_resumed(ck, model, ema, opt, scaler, ckpt_path)
+        step, history, evals, train_seconds = ck["step"], ck["history"], ck["evals"], ck["train_seconds"]
+        saved_step, nonfinite.skipped = step, ck.get("skipped_steps", 0)
+        ck = None  # its tensors are copied into the model and optimizer: free them
+        if master:
+            print(f"resuming {ckpt_path} at step {step}")
+    elif args.resume and master:
+        print(f"--resume: no checkpoint at {ckpt_path} yet, starting from scratch")
 
     if master:
         skipped = getattr(train_set, "skipped", 0)
@@ -356,22 +286,18 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
                      "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                      "scaler": scaler.state_dict() if scaler is not None else None,
                      "step": step, "history": history, "evals": evals, "finished": final,
-                     "skipped_steps": skipped_steps, "train_seconds": train_seconds + time.time() - t_start},
+                     "skipped_steps": nonfinite.skipped, "train_seconds": train_seconds + time.time() - t_start},
                     ckpt_path)
         saved_step = step
         save_loss_curve(history, os.path.join(args.out_dir, f"{args.task}_loss.png"), evals)
 
     log_path = os.path.join(args.out_dir, f"{args.task}_log.jsonl")
-    if master and step == 0 and os.path.exists(log_path):
-        os.remove(log_path)  # a fresh run starts a fresh log; a resumed one appends
-    elif master:
-        trim_log(log_path, step)
+    if master:
+        guards.start_log(log_path, step)
     local_bs = args.batch_size // world
-    from tqdm import tqdm
     bar = tqdm(total=args.max_steps, initial=step, disable=not master, dynamic_ncols=True, desc=args.task)
     t_start = t_last = time.time()  # train_seconds: wall time spent in this loop, summed over resumes
     n_last, data_seconds = 0, 0.0  # data_seconds: time in task.batch since the last log line (the data loader)
-    skips_in_a_row = 0
     model.train()
     try:  # whatever stops the loop (an error, Ctrl-C), the progress bar ends its line before the message
         while step < args.max_steps:
@@ -384,8 +310,6 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
             lr = learning_rate(args, step)
             for g in opt.param_groups:
                 g["lr"] = lr
-            if step in NAN_STEPS:
-                batch = {k: v * float("nan") if v.is_floating_point() else v for k, v in batch.items()}
             with autocast():
                 loss, stats = task.loss(train_model, batch)
             opt.zero_grad(set_to_none=True)
@@ -395,18 +319,10 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
             else:
                 loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))
-            # NaN or inf: in the loss (this process's) or in the gradient norm (after DDP's all-reduce, so every process
-            # sees the same one and they all decide alike). Under fp16 the GradScaler skips inf gradients itself.
-            if not torch.isfinite(loss) or (scaler is None and not torch.isfinite(gnorm)):
-                if not args.skip_nonfinite or skips_in_a_row >= MAX_SKIPS_IN_A_ROW:
-                    raise UserError(nonfinite_report(loss, stats, gnorm, step, ckpt_path, saved_step)
-                                    + (f" ({skips_in_a_row} steps in a row were skipped)" if skips_in_a_row else ""))
-                skipped_steps, skips_in_a_row, step = skipped_steps + 1, skips_in_a_row + 1, step + 1
+            if not nonfinite.fine(loss, stats, gnorm, step, saved_step, check_grad=scaler is None):
+                step += 1  # skipped (--skip-nonfinite): the weights are untouched
                 bar.update(1)
-                if master:
-                    tqdm.write(f"skipped step {step - 1}: non-finite loss or gradients ({skipped_steps} skipped so far)")
                 continue
-            skips_in_a_row = 0
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
@@ -420,7 +336,7 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
                 dt = time.time() - t_last
                 rec = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in stats.items()}, "lr": lr,
                        "grad_norm": gnorm.item(), **task.pop_log(), "samples_per_s": n_last / dt,
-                       "data_share": data_seconds / dt, "skipped_steps": skipped_steps, "time": time.time()}
+                       "data_share": data_seconds / dt, "skipped_steps": nonfinite.skipped, "time": time.time()}
                 t_last, n_last, data_seconds = time.time(), 0, 0.0
                 history.append(rec)
                 if master:
@@ -445,16 +361,10 @@ def train(args, rank=0, world=1, device=torch.device("cpu")):
                 return
     finally:
         bar.close()
-    bar.close()
     if master:
         extra = task.finish(ema)
         save(final=True)
         print(f"done: {ckpt_path}" + (f" ({', '.join(f'{k}={v:.4g}' for k, v in extra.items())})" if extra else ""))
-
-
-def is_peer_failure(e):
-    """An error from the collective layer: another process of the torchrun job died or hung up."""
-    return isinstance(e, torch.distributed.DistError) or any(w in str(e) for w in ("gloo", "NCCL", "Connection reset"))
 
 
 def main(argv=None):
@@ -481,9 +391,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         fail("interrupted; continue with --resume")
     except RuntimeError as e:
-        if world > 1 and is_peer_failure(e):  # a one-line report per surviving process; torchrun names the dead one
-            fail(f"process {rank} of {world} lost its peers ({str(e).splitlines()[0][:120]}); the checkpoint in "
-                 f"{args.out_dir} is whole: rerun the same command with --resume")
+        if world > 1 and guards.is_peer_failure(e):  # one line per surviving process; torchrun names the dead one
+            fail(guards.peer_failure_line(rank, world, e, args.out_dir))
         raise
 
 

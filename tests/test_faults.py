@@ -10,10 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import guards
+import tasks
 import train
 from common import load_checkpoint
 from test_train import ROOT, TINY, assert_one_line_error, log_losses, read_log, run
@@ -91,15 +94,31 @@ def assert_ends_with_one_line_error(r, *needles):
     assert last.startswith("error: ") and all(n in last for n in needles), last
 
 
-def nan_run(out, steps, *extra, max_steps=20):
-    env = {**os.environ, "FLOWTOK_FAULT_NAN_STEPS": ",".join(map(str, steps)), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "train.py", *TINY, "--max-steps", str(max_steps), "--save-every", "5",
-                           "--out-dir", out, *extra], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+def nan_run(monkeypatch, capsys, out, steps, *extra, max_steps=20):
+    """train.py in this process, the batches of `steps` multiplied by NaN: the task's batch() is wrapped for the run
+    (a fresh run calls it once per step, skipped steps included). Returns what subprocess.run would."""
+    real, calls = tasks.TokenizerTask.batch, []
+
+    def batch(self, idx):
+        out = real(self, idx)
+        calls.append(1)
+        return {k: v * float("nan") for k, v in out.items()} if len(calls) - 1 in steps else out
+
+    monkeypatch.setattr(tasks.TokenizerTask, "batch", batch)
+    try:
+        train.main([*TINY, "--max-steps", str(max_steps), "--save-every", "5", "--out-dir", out, *extra])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    monkeypatch.undo()
+    o = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=o.out, stderr=o.err)
 
 
-def test_a_nan_loss_stops_with_one_line_naming_the_step_and_term_and_keeps_the_checkpoint(tmp_path):
+def test_a_nan_loss_stops_with_one_line_naming_the_step_and_term_and_keeps_the_checkpoint(tmp_path, monkeypatch,
+                                                                                           capsys):
     out = str(tmp_path / "o")
-    r = nan_run(out, [12])
+    r = nan_run(monkeypatch, capsys, out, [12])
     assert_ends_with_one_line_error(r, "non-finite", "at step 12", "rec", "step 10", "--resume", "--skip-nonfinite")
     ck = load_checkpoint(os.path.join(out, "tokenizer.pt"))
     assert ck["step"] == 10 and not ck["finished"]
@@ -109,9 +128,9 @@ def test_a_nan_loss_stops_with_one_line_naming_the_step_and_term_and_keeps_the_c
     assert load_checkpoint(os.path.join(out, "tokenizer.pt"))["finished"]
 
 
-def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path):
+def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "o")
-    r = nan_run(out, [7, 8, 15], "--skip-nonfinite")
+    r = nan_run(monkeypatch, capsys, out, [7, 8, 15], "--skip-nonfinite")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("skipped step") == 3
     ck = load_checkpoint(os.path.join(out, "tokenizer.pt"))
@@ -119,8 +138,8 @@ def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path):
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert [rec["skipped_steps"] for rec in read_log(out, "tokenizer") if "loss" in rec][-1] == 3
     # a run that keeps diverging still stops
-    r = nan_run(str(tmp_path / "o2"), range(3, 60), "--skip-nonfinite", max_steps=60)
-    assert_ends_with_one_line_error(r, "non-finite", f"{train.MAX_SKIPS_IN_A_ROW} steps in a row")
+    r = nan_run(monkeypatch, capsys, str(tmp_path / "o2"), range(3, 60), "--skip-nonfinite", max_steps=60)
+    assert_ends_with_one_line_error(r, "non-finite", f"{guards.MAX_SKIPS_IN_A_ROW} steps in a row")
 
 
 # -----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from test_train import ROOT
 
 # Lowest first. A module may import modules of its own tier or of a lower one, never of a higher one.
 TIERS = [
-    ("base", {"layers", "common"}),
+    ("base", {"layers", "common", "guards"}),
     ("models", {"tokenizer", "projector", "flow", "text_decoder", "probes"}),
     ("data", {"data", "real_data", "judge"}),
     ("pipeline", {"pipeline"}),
