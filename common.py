@@ -1,12 +1,14 @@
 """
-What train.py and evaluate.py (and the models' caches) need and no model owns: one-line user errors, atomic
-checkpoints that fail clearly, the EMA update, and the two kinds of picture (image grid, loss curve).
+What train.py and evaluate.py (and the models' caches) need and no model owns: one-line user errors, devices and
+torchrun's processes, atomic checkpoints that fail clearly and load no code, the EMA update, and the two kinds of
+picture (image grid, loss curve).
 """
 import argparse
 import os
 import pickle
 import re
 import sys
+from contextlib import nullcontext
 
 import torch
 
@@ -50,6 +52,40 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+# -----------------------------------------------------------------------------
+# Processes and devices (train.py): one process, or torchrun's; mixed precision on CUDA only
+
+def setup_distributed(device_flag):
+    """One process, or one of many under torchrun (RANK is set). Returns (rank, world, device)."""
+    device_flag = pick_device(device_flag).type
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device(device_flag)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if device_flag == "cuda":
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device(device_flag)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def teardown_distributed(world):
+    """The end of setup_distributed: all processes leave together, so none tears gloo down under a peer."""
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def autocast_and_scaler(device):
+    """bf16 autocast on CUDA where supported, else fp16 with a GradScaler; fp32 elsewhere (CPU bf16 is slow)."""
+    if device.type != "cuda":
+        return nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
 
 
 # -----------------------------------------------------------------------------

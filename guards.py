@@ -15,6 +15,40 @@ from common import UserError, load_checkpoint
 MAX_SKIPS_IN_A_ROW = 20  # --skip-nonfinite gives up after this many consecutive non-finite steps: the run diverged
 
 
+def check_flag_values(args, error):
+    """Flag values out of range: error(message) (argparse's, exit code 2) before anything else happens."""
+    if args.word_dropout is not None and not 0 <= args.word_dropout < 1:
+        error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
+    if args.recolor is not None and not 0 <= args.recolor <= 1:
+        error(f"--recolor must be in [0, 1], got {args.recolor}")
+    if args.source_noise < 0:
+        error(f"--source-noise must be >= 0, got {args.source_noise}")
+    if not 0 <= args.cfg_prob < 1:
+        error(f"--cfg-prob must be in [0, 1), got {args.cfg_prob}")
+    for name in ("batch_size", "max_steps", "log_every", "save_every", "sample_every"):
+        if getattr(args, name) <= 0:
+            error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.num_train is not None and args.num_train <= 0:
+        error(f"--num-train must be positive, got {args.num_train}")
+    if args.lr <= 0:
+        error(f"--lr must be positive, got {args.lr}")
+
+
+def check_inputs(args, flags):
+    """The files a run will read, checked before any run of the command starts: the data, and the text encoder
+    and perceptual network where the task reads them (`flags`: the task's FLAGS)."""
+    from projector import resolve_encoder_path
+    from real_data import DataError
+    if args.data != "shapes" and not os.path.exists(os.path.expanduser(str(args.data))):
+        raise DataError(f"data path not found: {args.data}; pass 'shapes', a COCO captions_*.json or a caption "
+                        f"folder")
+    if "text_encoder" in flags:
+        resolve_encoder_path(args.text_encoder)
+    if "perceptual" in flags and args.perceptual and not os.path.isfile(args.perceptual):
+        raise UserError(f"--perceptual: no file at {args.perceptual}; give a feature network saved with "
+                        f"torch.export.save (or TorchScript's torch.jit.save)")
+
+
 def check_out_dir(out_dir, ckpt_path):
     """Make the out-dir, prove it writable before any work is done, and clear the leftovers of a checkpoint write
     that a killed run left unfinished (the checkpoint itself is untouched: it is only ever replaced whole)."""

@@ -72,6 +72,7 @@ class TextAETask:
                     warmup_steps=50, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                     kl_weight=0.0, mean_weight=1.0, word_dropout=0.0, recolor=0.5)
     NEEDS = ()
+    FLAGS = {"text_encoder", "num_tokens", "kl_weight", "mean_weight", "word_dropout", "recolor"}
 
     def __init__(self, args):
         self.args = args
@@ -187,6 +188,7 @@ class I2TTask:
                     warmup_steps=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                     t_dist="early")
     NEEDS = ("tokenizer", "textae")
+    FLAGS = {"cfg_prob", "t_dist", "source_noise"}
 
     def __init__(self, args):
         self.args = args

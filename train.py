@@ -32,8 +32,8 @@ import functools
 import json
 import math
 import os
+import sys
 import time
-from contextlib import nullcontext
 
 import torch
 
@@ -44,7 +44,8 @@ import projector as pj
 import tasks
 import text_tasks
 import tokenizer as tok
-from common import ArgumentParser, UserError, atomic_save, ema_update, fail, is_finished, pick_device, save_loss_curve
+from common import (ArgumentParser, UserError, atomic_save, autocast_and_scaler, ema_update, fail, is_finished,
+                    load_checkpoint, save_loss_curve, setup_distributed, teardown_distributed)
 
 TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae": text_tasks.TextAETask,
                 "i2t": text_tasks.I2TTask}
@@ -53,6 +54,13 @@ TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae"
 TASK_DEFAULTS = {t: c.DEFAULTS for t, c in TASK_CLASSES.items()}
 PREREQUISITES = {t: c.NEEDS for t, c in TASK_CLASSES.items() if c.NEEDS}
 TASKS = tuple(TASK_DEFAULTS)
+# Flags every task reads (a task's own are its class's FLAGS); of these a prerequisite trained first shares these:
+GENERIC_FLAGS = {"task", "out_dir", "data", "preset", "num_train", "batch_size", "max_steps", "lr", "min_lr",
+                 "lr_schedule", "warmup_steps", "weight_decay", "beta2", "grad_clip", "ema_decay", "seed", "device",
+                 "compile", "resume", "skip_nonfinite", "log_every", "save_every", "sample_every", "stop_at_step"}
+SHARED_FLAGS = ("data", "seed", "device", "num_train")
+SAME_FOR_ALL = {"num_tokens"}  # a flag for several prerequisites at once means the same to each (others: an error)
+FROZEN_AS = {"num_tokens": "num_latents"}  # a flag whose trained value is read from the model config by this name
 
 
 def get_args(argv=None):
@@ -130,63 +138,46 @@ def get_args(argv=None):
     presets = tok.PRESETS if args.task == "tokenizer" else flow.PRESETS
     if args.preset not in presets:
         p.error(f"--preset {args.preset!r} is not a {args.task} preset; choose one of {', '.join(presets)}")
-    if args.task != "tokenizer" and args.hue_augment is not None:
-        p.error(f"--hue-augment applies to --task tokenizer, not {args.task}")
-    if args.task != "textae" and args.word_dropout is not None:
-        p.error(f"--word-dropout applies to --task textae, not {args.task}")
-    if args.word_dropout is not None and not 0 <= args.word_dropout < 1:
-        p.error(f"--word-dropout must be in [0, 1), got {args.word_dropout}")
-    if args.task != "textae" and args.recolor is not None:
-        p.error(f"--recolor applies to --task textae, not {args.task}")
-    if args.recolor is not None and not 0 <= args.recolor <= 1:
-        p.error(f"--recolor must be in [0, 1], got {args.recolor}")
-    if args.source_noise < 0:
-        p.error(f"--source-noise must be >= 0, got {args.source_noise}")
-    if not 0 <= args.cfg_prob < 1:
-        p.error(f"--cfg-prob must be in [0, 1), got {args.cfg_prob}")
-    for name in ("batch_size", "max_steps", "log_every", "save_every", "sample_every"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.num_train is not None and args.num_train <= 0:
-        p.error(f"--num-train must be positive, got {args.num_train}")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive, got {args.lr}")
+    guards.check_flag_values(args, p.error)
+    given = {a.dest for a in p._actions if a.dest in vars(args) and a.option_strings and any(
+        x == o or x.startswith(o + "=") for o in a.option_strings for x in (sys.argv[1:] if argv is None else argv))}
+    task = TASK_CLASSES[args.task]
+    for dest in sorted(given - GENERIC_FLAGS - task.FLAGS):  # not this task's: one missing prerequisite's, or wrong
+        readers = [t for t, c in TASK_CLASSES.items() if dest in c.FLAGS]
+        needs = [n for n in task.NEEDS if n in readers]
+        if not needs or (len(needs) > 1 and dest not in SAME_FOR_ALL):
+            p.error(f"--{dest.replace('_', '-')} applies to --task {' and '.join(readers)}, not {args.task}"
+                    + (" (train those one at a time)" if needs else ""))
+    args.forward = sorted(given - GENERIC_FLAGS - task.FLAGS)  # for the prerequisites (plan); not saved
     return args
 
 
+def plan(args):
+    """The runs this command makes, its missing prerequisites first (each with the shared flags and the flags given
+    for it), all checked before any work. A flag given for a prerequisite that is already trained must agree with it."""
+    runs = []
+    for need in TASK_CLASSES[args.task].NEEDS:
+        mine = [d for d in args.forward if d in TASK_CLASSES[need].FLAGS]
+        if is_finished(args.out_dir, need):
+            ck = load_checkpoint(os.path.join(args.out_dir, f"{need}.pt"), expect_task=need)
+            for d in mine:
+                have = ck["model_config"].get(FROZEN_AS.get(d, d), ck["config"].get(d))
+                if have != getattr(args, d):
+                    raise UserError(f"--{d.replace('_', '-')} {getattr(args, d)} contradicts the trained {need} in "
+                                    f"{args.out_dir} ({have}); leave it out, or train afresh in another --out-dir")
+            continue
+        argv = ["--task", need, "--out-dir", args.out_dir, "--resume"] + [
+            x for d in SHARED_FLAGS + tuple(mine) if getattr(args, d) is not None
+            for x in (f"--{d.replace('_', '-')}", str(getattr(args, d)))]
+        runs.append(get_args(argv))
+    for a in runs + [args]:  # what would fail minutes in fails now
+        guards.check_inputs(a, TASK_CLASSES[a.task].FLAGS)
+        vars(a).pop("forward")
+    return runs + [args]
+
+
 # -----------------------------------------------------------------------------
-# Processes and devices
-
-def setup_distributed(device_flag):
-    """One process, or one of many under torchrun (RANK is set). Returns (rank, world, device)."""
-    device_flag = pick_device(device_flag).type
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device(device_flag)
-    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
-    if device_flag == "cuda":
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device(device_flag)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
-
-
-def teardown_distributed(world):
-    """The end of setup_distributed: all processes leave together, so none tears gloo down under a peer."""
-    if world > 1:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
-
-
-def autocast_and_scaler(device):
-    """bf16 autocast on CUDA where supported, else fp16 with a GradScaler; fp32 elsewhere (CPU bf16 is slow)."""
-    if device.type != "cuda":
-        return nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
-
+# The schedule and the data order
 
 def learning_rate(args, step):
     if step < args.warmup_steps:
@@ -371,20 +362,13 @@ def main(argv=None):
     args = get_args(argv)
     rank, world = 0, 1
     try:
+        runs = plan(args)
         rank, world, device = setup_distributed(args.device)
-        for need in PREREQUISITES.get(args.task, ()):
-            # the flows run on frozen networks: a fresh clone trains those first, each with its own defaults
-            if is_finished(args.out_dir, need):
-                continue
-            if rank == 0:
-                print(f"notice: no trained {need} in {args.out_dir}; training it first "
-                      f"(python train.py --task {need} --out-dir {args.out_dir}), then {args.task}")
-            need_argv = ["--task", need, "--out-dir", args.out_dir, "--data", args.data, "--seed", str(args.seed),
-                         "--device", args.device, "--text-encoder", args.text_encoder, "--resume"]
-            if args.num_train:
-                need_argv += ["--num-train", str(args.num_train)]
-            train(get_args(need_argv), rank, world, device)
-        train(args, rank, world, device)
+        for a in runs:  # the flows run on frozen networks: a fresh clone trains those first
+            if rank == 0 and a is not args:
+                print(f"notice: no trained {a.task} in {args.out_dir}; training it first "
+                      f"(python train.py --task {a.task} --out-dir {args.out_dir}), then {args.task}")
+            train(a, rank, world, device)
         teardown_distributed(world)
     except (UserError, real_data.DataError) as e:
         fail(str(e))

@@ -154,3 +154,16 @@ def test_an_exported_run_draws_the_same_pictures(trained, tmp_path):
     for d, p in zip((trained, exported), paths):
         run("sample.py", "--out-dir", d, "--prompt", "a large red circle at the top", "--n", "2", "--out", p)
     assert open(paths[0], "rb").read() == open(paths[1], "rb").read()
+
+
+def test_a_flag_that_contradicts_the_frozen_tokenizer_is_an_error(trained):
+    """--num-tokens (or --image-size, --hue-augment) for a tokenizer that is already trained must agree with it."""
+    import train
+    from common import UserError
+    N = torch.load(os.path.join(trained, "tokenizer.pt"), weights_only=True)["model_config"]["num_latents"]
+    with pytest.raises(UserError, match=f"--num-tokens {2 * N} contradicts the trained tokenizer"):
+        train.plan(train.get_args(["--task", "t2i", "--out-dir", trained, "--num-tokens", str(2 * N)]))
+    with pytest.raises(UserError, match="--hue-augment 0.9 contradicts the trained tokenizer"):
+        train.plan(train.get_args(["--task", "t2i", "--out-dir", trained, "--hue-augment", "0.9"]))
+    runs = train.plan(train.get_args(["--task", "t2i", "--out-dir", trained, "--num-tokens", str(N)]))
+    assert [r.task for r in runs] == ["t2i"]  # agrees: nothing to train first

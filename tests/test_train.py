@@ -116,10 +116,14 @@ def test_bad_flags_are_usage_errors(tmp_path):
 
 
 def test_task_specific_flags_are_errors_elsewhere(capsys):
-    for argv, says in ((["--task", "t2i", "--hue-augment", "0.5"], "--hue-augment applies to --task tokenizer"),
-                       (["--task", "i2t", "--word-dropout", "0.2"], "--word-dropout applies to --task textae"),
+    for argv, says in ((["--task", "tokenizer", "--text-encoder", "x"], "--text-encoder applies to --task t2i and "
+                                                                          "textae, not tokenizer"),
+                       (["--task", "t2i", "--word-dropout", "0.2"], "--word-dropout applies to --task textae, not t2i"),
+                       (["--task", "textae", "--hue-augment", "0.5"], "--hue-augment applies to --task tokenizer"),
+                       (["--task", "t2i", "--source-noise", "0.1"], "--source-noise applies to --task i2t"),
+                       (["--task", "i2t", "--kl-weight", "0.1"], "train those one at a time"),
+                       (["--task", "textae", "--image-size", "64"], "--image-size applies to --task tokenizer"),
                        (["--task", "textae", "--word-dropout", "1.5"], "--word-dropout must be in [0, 1)"),
-                       (["--task", "i2t", "--recolor", "0.5"], "--recolor applies to --task textae"),
                        (["--task", "textae", "--recolor", "-0.1"], "--recolor must be in [0, 1]"),
                        (["--task", "textae", "--data", "/data/coco", "--recolor", "0.5"],
                         "--recolor swaps Shapes colour words and applies to --data shapes")):
@@ -127,6 +131,31 @@ def test_task_specific_flags_are_errors_elsewhere(capsys):
             train.get_args(argv)
         assert e.value.code == 2 and says in capsys.readouterr().err, argv
     assert train.get_args(["--task", "tokenizer"]).hue_augment == train.TASK_DEFAULTS["tokenizer"]["hue_augment"]
+
+
+def test_a_missing_prerequisite_gets_every_flag_that_applies_to_it(tmp_path):
+    out = str(tmp_path / "new")
+    tok_run, t2i_run = train.plan(train.get_args(["--task", "t2i", "--out-dir", out, "--num-tokens", "8",
+                                                  "--image-size", "16", "--hue-augment", "0.3", "--seed", "3",
+                                                  "--num-train", "64", "--lr", "5e-4"]))
+    assert tok_run.task == "tokenizer" and t2i_run.task == "t2i" and tok_run.resume
+    assert (tok_run.num_tokens, tok_run.image_size, tok_run.hue_augment, tok_run.seed, tok_run.num_train) == (
+        8, 16, 0.3, 3, 64)
+    assert tok_run.lr == train.TASK_DEFAULTS["tokenizer"]["lr"] and t2i_run.lr == 5e-4  # the t2i's own flag stays
+    runs = train.plan(train.get_args(["--task", "i2t", "--out-dir", out, "--num-tokens", "8", "--recolor", "0.2"]))
+    assert [r.task for r in runs] == ["tokenizer", "textae", "i2t"]
+    assert [r.num_tokens for r in runs[:2]] == [8, 8] and runs[1].recolor == 0.2  # N goes to both halves
+    assert not os.path.exists(out)  # planning does no work
+
+
+def test_every_input_is_checked_before_any_work(tmp_path):
+    """A missing text encoder used to surface after the tokenizer's minutes of training; now it is the first line."""
+    out = tmp_path / "new"
+    r = run("train.py", "--task", "t2i", "--out-dir", str(out), "--text-encoder", "/nonexistent/model", check=False)
+    assert_one_line_error(r, "/nonexistent/model", "not found")
+    r = run("train.py", "--task", "i2t", "--out-dir", str(out), "--data", str(tmp_path / "nodata"), check=False)
+    assert_one_line_error(r, "nodata", "not found")
+    assert not out.exists()  # nothing was trained, nothing written
 
 
 def test_recolor_default_applies_to_shapes_only():
