@@ -108,7 +108,8 @@ class ProjectorConfig:
     align_hidden: int = 512  # alignment MLP C -> 512 -> 512 -> D (paper)
 
 
-# Keyed like flow.PRESETS (train.py --preset picks both; tests/test_flow.py checks the keys and N x D). B/XL/H: the paper's projector, 6 blocks of width 768.
+# Keyed like flow.PRESETS (train.py --preset picks both; tests/test_flow.py checks the keys and N x D).
+# B/XL/H: the paper's projector, 6 blocks of width 768.
 PRESETS = {
     "tiny": ProjectorConfig(width=32, depth=1, heads=2, align_hidden=64),
     "cpu": ProjectorConfig(width=128, depth=2, heads=4),

@@ -113,7 +113,8 @@ class DecoderConfig:
     heads: int = 4
 
 
-# Keyed like flow.PRESETS (train.py --preset picks all; tests/test_flow.py checks). B/XL/H: the paper's decoder, 6 blocks, width 768.
+# Keyed like flow.PRESETS (train.py --preset picks all; tests/test_flow.py checks).
+# B/XL/H: the paper's decoder, 6 blocks, width 768.
 PRESETS = {
     "tiny": DecoderConfig(width=32, depth=1, heads=2),
     "cpu": DecoderConfig(width=192, depth=4, heads=4),
