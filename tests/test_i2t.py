@@ -124,6 +124,63 @@ def test_caption_metrics_on_a_hand_checked_example():
     assert caption_metrics(refs, ["green", "purple"], meteor=False)["cider"] == pytest.approx(0.0)
 
 
+def test_the_java_less_caption_tokenizer_matches_ptb_on_a_table_of_cases():
+    import evaluate
+    # (caption, its tokens): the expected side is measured, not written by hand: the output of pycocoevalcap 1.2's
+    # PTBTokenizer (Stanford CoreNLP 3.4.1's edu.stanford.nlp.process.PTBTokenizer -preserveLines -lowerCase, then
+    # pycocoevalcap's PUNCTUATIONS dropped), run with OpenJDK 17 on all of these captions in one call
+    cases = [
+        ("A dog that doesn't like the rain.", "a dog that does n't like the rain"),
+        ("The man can't swim and won't try.", "the man ca n't swim and wo n't try"),
+        ("It's a sunny day and I'm outside.", "it 's a sunny day and i 'm outside"),
+        ("They're playing and we've seen it, y'all.", "they 're playing and we 've seen it y' all"),
+        ("The dog's ball is in the dogs' bed near James's car.",
+         "the dog 's ball is in the dogs bed near james 's car"),
+        ("A black-and-white photo of a man in a t-shirt.", "a black-and-white photo of a man in a t-shirt"),
+        ("A 3-year-old girl holding a kite.", "a 3-year-old girl holding a kite"),
+        ("A cat (a) next to [b] and {c}.", "a cat -lrb- a -rrb- next to -lsb- b -rsb- and -lcb- c -rcb-"),
+        ('A sign that says "c" and \'d\' here.', "a sign that says c and 'd here"),
+        ("About 3.5 miles and 1,000 people.", "about 3.5 miles and 1,000 people"),
+        ("A man in the U.S. with Dr. Smith.", "a man in the u.s. with dr. smith"),
+        ("Fruit, e.g. apples, at 7 a.m. today", "fruit e.g. apples at 7 a.m. today"),
+        ("A red/blue flag and a 1/2 sign.", "a red/blue flag and a 1/2 sign"),
+        ("Salt & pepper at an AT&T store.", "salt & pepper at an at&t store"),
+        ("A sign reading $5.50 and 50% off.", "a sign reading $ 5.50 and 50 % off"),
+        ("A dog is waiting...", "a dog is waiting"),
+        ("A man -- smiling -- on a bench.", "a man smiling on a bench"),
+        ("A bus on the street.", "a bus on the street"),
+        ("A   man    riding \t a horse", "a man riding a horse"),
+        ("A LARGE Elephant In The Zoo", "a large elephant in the zoo"),
+        ("A café with a naïve painting.", "a café with a naïve painting"),
+        ("A happy dog 🐶 on the grass 😀", "a happy dog on the grass"),
+        ("The 2nd floor at 10pm.", "the 2nd floor at 10pm"),
+        ("Is that a dog? Yes! Wow!!", "is that a dog yes wow !!"),
+        ("A plate of food; a fork: a knife.", "a plate of food a fork a knife"),
+        ("A woman in a 1950's dress at the '50s diner.", "a woman in a 1950 's dress at the '50s diner"),
+        ("A 12:30 clock and a 4x4 truck.", "a 12:30 clock and a 4x4 truck"),
+        ("Mr. and Mrs. Smith at St. Louis, etc.", "mr. and mrs. smith at st. louis etc."),
+        ("The No. 1 spot, said no.", "the no. 1 spot said no"),
+        ("He cannot go, he's gonna wait.", "he can not go he 's gon na wait"),
+        ("An O'Neil's pub and a ma'am.", "an o'neil 's pub and a ma'am"),
+        ("He said 'hello' to the dog's 'owner'.", "he said hello to the dog 's owner"),
+        ("it’s a dog’s toy, a ‘curly’ “quote”", "it 's a dog 's toy a curly quote"),
+        ("A co-op at the mid-1990s with a 2.5-inch screw.", "a co-op at the mid-1990s with a 2.5-inch screw"),
+        ("Two cats.... and a dog ... sleeping", "two cats and a dog sleeping"),
+        ("a man--smiling — at the end .", "a man smiling at the end"),
+        ("☀ A sun, ♥ a heart and 30° heat", "☀ a sun ♥ a heart and 30 ° heat"),
+        ("Vitamin c. in a J.K. Rowling book from the U.S.A.", "vitamin c. in a j.k. rowling book from the u.s.a."),
+        ("I'd say you'll go, it isn't here.", "i 'd say you 'll go it is n't here"),
+        ("an e-mail to a@b.com from www.example.com", "an e-mail to a@b.com from www.example.com"),
+    ]
+    for caption, expected in cases:
+        assert evaluate.ptb_words(caption) == expected, caption
+    if shutil.which("java"):  # and the table still is what Java makes of it
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+        with evaluate.quiet():
+            live = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
+        assert [live[i][0] for i in range(len(cases))] == [e for _, e in cases]
+
+
 # -----------------------------------------------------------------------------
 # End to end on tiny models
 
