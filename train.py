@@ -7,7 +7,7 @@ Train a flowtok model. One file, one loop; each --task (tasks.py, text_tasks.py)
     --task textae      text autoencoder: projector + text decoder (text_decoder.py) -> out/textae.pt
     --task i2t         image-to-text: the flow from image tokens to text tokens  -> out/i2t.pt
                        on the frozen tokenizer and text autoencoder in the same --out-dir
-A task whose frozen inputs are missing trains them first, each with its own defaults.
+A task whose frozen inputs are missing trains them first, each with its own defaults and the flags given for it.
 
 Launch:
     1 CPU or 1 GPU (auto-detected: cuda, then mps, then cpu):
@@ -54,7 +54,7 @@ TASK_CLASSES = {"tokenizer": tasks.TokenizerTask, "t2i": tasks.T2ITask, "textae"
 TASK_DEFAULTS = {t: c.DEFAULTS for t, c in TASK_CLASSES.items()}
 PREREQUISITES = {t: c.NEEDS for t, c in TASK_CLASSES.items() if c.NEEDS}
 TASKS = tuple(TASK_DEFAULTS)
-# Flags every task reads (a task's own are its class's FLAGS); of these a prerequisite trained first shares these:
+# Flags every task reads (a task's own are its class's FLAGS); a prerequisite trained first shares SHARED_FLAGS:
 GENERIC_FLAGS = {"task", "out_dir", "data", "preset", "num_train", "batch_size", "max_steps", "lr", "min_lr",
                  "lr_schedule", "warmup_steps", "weight_decay", "beta2", "grad_clip", "ema_decay", "seed", "device",
                  "compile", "resume", "skip_nonfinite", "log_every", "save_every", "sample_every", "stop_at_step"}

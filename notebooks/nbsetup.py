@@ -24,7 +24,7 @@ OUT = Path(os.environ.get("FLOWTOK_OUT", ROOT / "out"))
 WORK = Path(os.environ.get("FLOWTOK_WORK", ROOT / "notebooks" / "work"))
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto in a kernel without ipywidgets
 
-# train.py flags of the small models, on top of each task's defaults (train.py, TASK_DEFAULTS).
+# train.py flags of the small models, on top of each task's defaults (their DEFAULTS in tasks.py and text_tasks.py).
 # Sized so that a notebook that trains its models from nothing (04: tokenizer, text autoencoder, flow) stays under 5
 # minutes on 2 CPU cores, its own cells included.
 SMALL = {
