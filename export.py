@@ -29,7 +29,10 @@ def export_component(ck, folder):
     """One checkpoint dict -> folder/model.safetensors (the EMA weights) + folder/config.json."""
     from safetensors.torch import save_file
     os.makedirs(folder)
-    save_file({k: v.contiguous() for k, v in ck["ema"].items()}, os.path.join(folder, "model.safetensors"))
+    # one copy per name: safetensors refuses tensors that share memory (the text decoder ties its embedding and its
+    # output head); load_state_dict writes both names into the one tied parameter again
+    weights = {k: v.detach().clone().contiguous() for k, v in ck["ema"].items()}
+    save_file(weights, os.path.join(folder, "model.safetensors"))
     meta = {"task": ck["task"], "model_config": ck["model_config"], "step": ck["step"],
             "train_seconds": ck["train_seconds"], "config": {k: ck["config"][k] for k in ("data", "seed")}}
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
