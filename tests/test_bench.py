@@ -1,5 +1,5 @@
-"""bench.py and its baselines: the FLOP count, the two 2D-latent designs, the sampler's buffers, and a quick run.
-No speed is asserted here: the numbers are bench.py's output (README, Speed)."""
+"""bench.py, its measurements (benchmarks/measure.py) and its baselines: the FLOP count, the two 2D-latent designs,
+the sampler's buffers, and a quick run. No speed is asserted here: the numbers are bench.py's output (README, Speed)."""
 import dataclasses
 import json
 import os
@@ -10,9 +10,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import bench
 import flow
-from benchmarks import baselines
+from benchmarks import baselines, measure
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +26,7 @@ def test_flow_flops_match_torch_flop_counter():
         x, t, f = torch.randn(B, cfg.num_tokens, cfg.token_dim), torch.rand(B), torch.zeros(B, dtype=torch.long)
         with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
             net(x, t, f)
-        assert bench.flow_flops(cfg, B) == counter.get_total_flops(), cfg
+        assert measure.flow_flops(cfg, B) == counter.get_total_flops(), cfg
 
 
 def test_patchify_round_trip_and_layout():
@@ -41,10 +40,10 @@ def test_patchify_round_trip_and_layout():
 
 def test_baselines_train_and_sample_at_matched_size():
     torch.manual_seed(0)
-    pcfg, fcfg = bench.configs("tiny")
+    pcfg, fcfg = measure.configs("tiny")
     M = fcfg.num_tokens
-    text, latent = torch.randn(3, M, bench.TEXT_DIM), torch.randn(3, *baselines.LATENT_SHAPE)
-    for model in (baselines.LDM2D(fcfg, bench.TEXT_DIM, M), baselines.CrossFlow2D(pcfg, fcfg, M)):
+    text, latent = torch.randn(3, M, measure.TEXT_DIM), torch.randn(3, *baselines.LATENT_SHAPE)
+    for model in (baselines.LDM2D(fcfg, measure.TEXT_DIM, M), baselines.CrossFlow2D(pcfg, fcfg, M)):
         loss = model.loss(text, latent)
         loss.backward()
         assert torch.isfinite(loss)
@@ -53,7 +52,7 @@ def test_baselines_train_and_sample_at_matched_size():
         assert net.x_out.in_features == fcfg.width  # matched width
         out = model.generate(text, steps=2)
         assert out.shape == (3, *baselines.LATENT_SHAPE) and torch.isfinite(out).all()
-    ldm = baselines.LDM2D(fcfg, bench.TEXT_DIM, M)
+    ldm = baselines.LDM2D(fcfg, measure.TEXT_DIM, M)
     for p in ldm.parameters():
         p.data.normal_(0, 0.05)  # past adaLN-Zero's zero output layer, which passes no gradient back at init
     ldm.loss(text, latent, drop_prob=1.0).backward()
@@ -63,11 +62,11 @@ def test_baselines_train_and_sample_at_matched_size():
 def test_ldm_guidance_uses_the_text_and_the_null_text():
     """cfg 1: the conditional field alone; cfg 0: the null text's alone (the same Euler steps, by hand)."""
     torch.manual_seed(0)
-    _, fcfg = bench.configs("tiny")
-    ldm = baselines.LDM2D(fcfg, bench.TEXT_DIM, fcfg.num_tokens).eval()
+    _, fcfg = measure.configs("tiny")
+    ldm = baselines.LDM2D(fcfg, measure.TEXT_DIM, fcfg.num_tokens).eval()
     for p in ldm.parameters():
         p.data.normal_(0, 0.05)  # adaLN-Zero starts at v = 0: give the net something to say
-    text = torch.randn(2, fcfg.num_tokens, bench.TEXT_DIM)
+    text = torch.randn(2, fcfg.num_tokens, measure.TEXT_DIM)
     null = ldm.null_text.expand_as(text)
     for scale, cond in ((1.0, text), (0.0, null)):
         torch.manual_seed(1)
@@ -106,11 +105,11 @@ def test_quick_bench_writes_every_section(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(path.read_text())
     assert r["headline_preset"] == "tiny" and set(r["by_preset"]) == {"tiny"}
-    for d in bench.DESIGNS:
+    for d in measure.DESIGNS:
         assert r["sampling"][f"{d}_img_s"] > 0 and r["training"][f"{d}_samples_s"] > 0
         assert r["memory"][f"sample_{d}_mb"] > 50 and r["memory"][f"train_{d}_mb"] > 50  # torch alone is more
     assert r["sampling"]["speedup_vs_ldm2d"] == r["sampling"]["flowtok_img_s"] / r["sampling"]["ldm2d_img_s"]
-    assert round(r["mfu"]["gflop_per_forward"] * 1e9) == bench.flow_flops(flow.PRESETS["tiny"], r["mfu"]["rows"])
+    assert round(r["mfu"]["gflop_per_forward"] * 1e9) == measure.flow_flops(flow.PRESETS["tiny"], r["mfu"]["rows"])
     # the MFU's peak: the run's, or the higher one its worker measured right before
     assert 0 < r["mfu"]["mfu"] < 1.5 and r["mfu"]["peak_gflops"] >= r["matmul_peak_gflops"]
     assert abs(sum(r["pipeline"]["share"].values()) - 1) < 1e-9

@@ -154,14 +154,14 @@ def test_generate_scales_the_source_noise_around_the_projector_mean():
 def test_one_size_name_means_one_size_in_every_component():
     """The projector, text decoder and flow tables are keyed alike (train.py --preset picks all of them), agree
     on N x D per name, and the bench's tokenizer for each name exists."""
-    import bench
     import projector as pj
     import text_decoder as td
     import tokenizer as tok
+    from benchmarks.measure import TOKENIZER_FOR
     assert list(pj.PRESETS) == list(td.PRESETS) == list(flow.PRESETS)
     for name, f in flow.PRESETS.items():
         assert (pj.PRESETS[name].num_tokens, pj.PRESETS[name].token_dim) == (f.num_tokens, f.token_dim), name
         assert td.PRESETS[name].num_tokens == f.num_tokens, name
-    assert set(bench.TOKENIZER_FOR) == set(flow.PRESETS) and set(bench.TOKENIZER_FOR.values()) <= set(tok.PRESETS)
+    assert set(TOKENIZER_FOR) == set(flow.PRESETS) and set(TOKENIZER_FOR.values()) <= set(tok.PRESETS)
     t = tok.PRESETS["cpu"]  # the default size: its tokenizer makes the tokens its flow and projector expect
     assert (t.num_latents, t.latent_dim) == (flow.PRESETS["cpu"].num_tokens, flow.PRESETS["cpu"].token_dim)
