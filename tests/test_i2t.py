@@ -109,7 +109,7 @@ def test_generate_greedy_top_k_and_end_token(monkeypatch):
 # Metrics (pycocoevalcap), checked by hand
 
 def test_caption_metrics_on_a_hand_checked_example():
-    from evaluate import caption_metrics
+    from coco_caption import scores as caption_metrics
     # "a red circle at the" against "a red circle at the top": every n-gram of the hypothesis is in the reference,
     # so BLEU-4 is the brevity penalty exp(1 - 6/5) = 0.8187; ROUGE-L: LCS 5, P = 1, R = 5/6, beta = 1.2:
     # F = (1 + 1.44) P R / (R + 1.44 P) = 0.8944
@@ -125,7 +125,7 @@ def test_caption_metrics_on_a_hand_checked_example():
 
 
 def test_the_java_less_caption_tokenizer_matches_ptb_on_a_table_of_cases():
-    import evaluate
+    import coco_caption
     # (caption, its tokens): the expected side is measured, not written by hand: the output of pycocoevalcap 1.2's
     # PTBTokenizer (Stanford CoreNLP 3.4.1's edu.stanford.nlp.process.PTBTokenizer -preserveLines -lowerCase, then
     # pycocoevalcap's PUNCTUATIONS dropped), run with OpenJDK 17 on all of these captions in one call
@@ -173,10 +173,10 @@ def test_the_java_less_caption_tokenizer_matches_ptb_on_a_table_of_cases():
         ("an e-mail to a@b.com from www.example.com", "an e-mail to a@b.com from www.example.com"),
     ]
     for caption, expected in cases:
-        assert evaluate.ptb_words(caption) == expected, caption
+        assert coco_caption.ptb_words(caption) == expected, caption
     if shutil.which("java"):  # and the table still is what Java makes of it
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-        with evaluate.quiet():
+        with coco_caption.quiet():
             live = PTBTokenizer().tokenize({i: [{"caption": c}] for i, (c, _) in enumerate(cases)})
         assert [live[i][0] for i in range(len(cases))] == [e for _, e in cases]
 

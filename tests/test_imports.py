@@ -10,14 +10,16 @@ from test_train import ROOT
 TIERS = [
     ("base", {"layers", "common"}),
     ("models", {"tokenizer", "projector", "flow", "text_decoder", "probes"}),
-    ("data", {"data", "real_data", "judge"}),
+    ("data", {"data", "real_data", "judge", "coco_caption"}),
     ("pipeline", {"pipeline"}),
     ("tasks", {"tasks", "text_tasks", "guards"}),
+    ("measurements", {"benchmarks.measure"}),
     ("entry", {"train", "sample", "evaluate", "bench", "export"}),
 ]
 TIER = {m: i for i, (_, mods) in enumerate(TIERS) for m in mods}
 ENTRY = TIERS[-1][1]
 EXTRA = {"benchmarks.baselines": os.path.join("benchmarks", "baselines.py"),
+         "benchmarks.measure": os.path.join("benchmarks", "measure.py"),
          "nbsetup": os.path.join("notebooks", "nbsetup.py"), "draw_pipeline": os.path.join("docs", "draw_pipeline.py")}
 
 
