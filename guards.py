@@ -38,15 +38,13 @@ def check_inputs(args, flags):
     """The files a run will read, checked before any run of the command starts: the data, and the text encoder
     and perceptual network where the task reads them (`flags`: the task's FLAGS)."""
     from projector import resolve_encoder_path
-    from real_data import DataError
-    if args.data != "shapes" and not os.path.exists(os.path.expanduser(str(args.data))):
-        raise DataError(f"data path not found: {args.data}; pass 'shapes', a COCO captions_*.json or a caption "
-                        f"folder")
+    from real_data import check_data_path
+    from tokenizer import check_feature_net
+    check_data_path(args.data)
     if "text_encoder" in flags:
         resolve_encoder_path(args.text_encoder)
-    if "perceptual" in flags and args.perceptual and not os.path.isfile(args.perceptual):
-        raise UserError(f"--perceptual: no file at {args.perceptual}; give a feature network saved with "
-                        f"torch.export.save (or TorchScript's torch.jit.save)")
+    if "perceptual" in flags and args.perceptual:
+        check_feature_net(args.perceptual)
 
 
 def check_out_dir(out_dir, ckpt_path):

@@ -226,14 +226,19 @@ def scan_txt(root):
     return found
 
 
+def check_data_path(spec):
+    """The one-line error for a --data that names no file or folder (train.py checks it before any work)."""
+    if spec != "shapes" and not os.path.exists(os.path.expanduser(str(spec))):
+        raise DataError(f"data path not found: {spec}; pass 'shapes', a COCO captions_*.json or a caption folder")
+
+
 def open_real(spec, split="train", size=32, n=None):
     """open_dataset for a COCO captions_*.json, a COCO root or an image-caption folder (its docstring says how)."""
     if split not in REAL_SPLITS:
         raise ValueError(f"unknown split {split!r}; use one of {sorted(REAL_SPLITS)}")
     path, wanted = os.path.expanduser(str(spec)), (split, "val") if split == "test" else (split,)
     split_of = lambda p: next((s for s in REAL_SPLITS if s in os.path.basename(p).lower()), None)
-    if not os.path.exists(path):
-        raise DataError(f"data path not found: {path}; pass 'shapes', a COCO captions_*.json or a caption folder")
+    check_data_path(spec)
     if os.path.isfile(path):
         if split_of(path) is None:
             return CocoCaptions(path, None, size, split=split, n=n)

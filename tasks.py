@@ -67,10 +67,7 @@ class TokenizerTask:
         self.image_size = cfg.image_size
         self.perceptual = None
         if args.perceptual:
-            if not os.path.isfile(args.perceptual):
-                raise UserError(f"--perceptual: no file at {args.perceptual}; give a feature network saved with "
-                                f"torch.export.save (or TorchScript's torch.jit.save)")
-            self.perceptual = load_feature_net(args.perceptual)
+            self.perceptual = tok.load_feature_net(args.perceptual)
 
     def to(self, device):
         self.device = device
@@ -116,30 +113,6 @@ class TokenizerTask:
         x = self.images[: min(len(self.images), 2048)].to(self.device).float() / 255.0
         ema.latent_scale.fill_(tok.measure_latent_scale(ema, x).item())
         return {"latent_scale": ema.latent_scale.item()}
-
-
-def load_feature_net(path):
-    """A frozen feature network from a local file: torch.export (.pt2), else TorchScript. Never downloads."""
-    import logging
-    import zipfile
-    if not zipfile.is_zipfile(path):  # both formats are zip archives
-        raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file")
-    log = logging.getLogger("torch.export")
-    level = log.level
-    log.setLevel(logging.CRITICAL)  # a failed torch.export.load logs a traceback; we try TorchScript quietly
-    try:
-        net = torch.export.load(path).module()
-    except Exception:
-        try:
-            net = torch.jit.load(path, map_location="cpu").eval()
-        except Exception as e:
-            raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file "
-                            f"({type(e).__name__})") from None
-    finally:
-        log.setLevel(level)
-    for p in net.parameters():
-        p.requires_grad_(False)  # frozen; gradients still flow to the images it is given
-    return net
 
 
 T_BINS = 5  # the flow loss is logged per t in [0, 0.2), [0.2, 0.4), ...: where along the path the model struggles

@@ -15,12 +15,14 @@ top-left patch from that of the centre. They get a fixed (not learned) 2D sin-co
 
 Images are float tensors in [0, 1] outside this file; inside, the networks see [-1, 1].
 """
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common import UserError
 from layers import (Attention, FlowScale, Transformer, gaussian_kl, gaussian_sample, init_weights, rope_2d, sincos_2d,
                     split_moments)
 
@@ -203,3 +205,36 @@ def from_checkpoint(ck, weights="ema"):
     model = Tokenizer(TokenizerConfig(**ck["model_config"]))
     model.load_state_dict(ck[weights])
     return model.eval().requires_grad_(False)
+
+
+def check_feature_net(path):
+    """The one-line error for a --perceptual path with no file (train.py checks it before any work)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--perceptual: no file at {path}; give a feature network saved with torch.export.save (or "
+                        f"TorchScript's torch.jit.save)")
+
+
+def load_feature_net(path):
+    """A frozen feature network from a local file (the perceptual loss's): torch.export (.pt2), else TorchScript.
+    Never downloads."""
+    import logging
+    import zipfile
+    check_feature_net(path)
+    if not zipfile.is_zipfile(path):  # both formats are zip archives
+        raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file")
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # a failed torch.export.load logs a traceback; we try TorchScript quietly
+    try:
+        net = torch.export.load(path).module()
+    except Exception:
+        try:
+            net = torch.jit.load(path, map_location="cpu").eval()
+        except Exception as e:
+            raise UserError(f"--perceptual: {path} is neither a torch.export nor a TorchScript file "
+                            f"({type(e).__name__})") from None
+    finally:
+        log.setLevel(level)
+    for p in net.parameters():
+        p.requires_grad_(False)  # frozen; gradients still flow to the images it is given
+    return net
