@@ -64,9 +64,10 @@ FROZEN_AS = {"num_tokens": "num_latents"}  # a flag whose trained value is read 
 
 
 def get_args(argv=None):
+    # allow_abbrev=False: which flags were given is read off argv (below), so every flag is spelled out in full
     p = ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
-                                epilog="Per-task defaults (a flag overrides):\n" + "\n".join(
-                                    f"  {t}: {d}" for t, d in TASK_DEFAULTS.items()))
+                       allow_abbrev=False, epilog="Per-task defaults (a flag overrides):\n" + "\n".join(
+                           f"  {t}: {d}" for t, d in TASK_DEFAULTS.items()))
     p.add_argument("--task", required=True, choices=TASKS, help="what to train")
     p.add_argument("--out-dir", default="out", help="checkpoints, logs and pictures go here (default: out)")
     p.add_argument("--data", default="shapes",

@@ -172,6 +172,8 @@ def flag_cases(out, tmp):
              for f in (["--max-steps", "-1"], ["--batch-size", "0"], ["--preset", "huge"], ["--lr", "0"],
                        ["--log-every", "0"], ["--cfg-prob", "1.5"])]
     cases.append(("train.py", "--task nope", train, ["--task", "nope"], 2, ["--task"]))
+    cases.append(("train.py", "an abbreviated flag", train, ["--task", "t2i", "--out-dir", str(tmp / "t"), "--num-tok",
+                                                             "32"], 2, ["--num-tok"]))
     cases += [("sample.py", f"sample.py {' '.join(f)}", sample, [*s, *f], 2, [f[0]])
               for f in (["--steps", "-1"], ["--steps", "0"], ["--n", "0"], ["--temperature", "-1"], ["--top-k", "0"])]
     cases += [("evaluate.py", f"evaluate.py {' '.join(f)}", evaluate, ["--task", "t2i", "--out-dir", out, *f], 2,
