@@ -54,7 +54,7 @@ class TokenizerTask:
     """Reconstruction: L2 + kl_weight * KL. Previews: real images over their EMA reconstructions."""
     DEFAULTS = dict(preset="cpu", batch_size=16, max_steps=8000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                     warmup_steps=100, weight_decay=0.0, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
-                    kl_weight=1e-6, edge_weight=1.0, hue_augment=0.5)
+                    kl_weight=1e-6, edge_weight=1.0, hue_augment=1.0)
     NEEDS = ()  # frozen inputs (trained first when missing)
     FLAGS = {"image_size", "num_tokens", "kl_weight", "edge_weight", "hue_augment", "perceptual",
              "perceptual_weight"}  # the flags it reads beyond every task's (train.GENERIC_FLAGS)
