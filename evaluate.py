@@ -49,8 +49,8 @@ def get_args(argv=None):
     p.add_argument("--json", help="also write the results to this JSON file")
     p.add_argument("--prompts", metavar="FILE.jsonl", help="t2i: score these prompts instead of the test captions; "
                    'each line {"prompt": ..., "shape": ..., "color": ..., "size": ..., "position": ...}')
-    p.add_argument("--steps", type=int, default=flow.SAMPLE_STEPS,
-                   help=f"t2i, i2t: Euler steps (default: {flow.SAMPLE_STEPS})")
+    p.add_argument("--steps", type=int,
+                   help=f"t2i, i2t: Euler steps (default: {flow.T2I_STEPS} for t2i, {flow.I2T_STEPS} for i2t)")
     p.add_argument("--cfg", type=float, help=f"t2i, i2t: guidance scale (default: {flow.T2I_CFG} for t2i, "
                                              f"{flow.I2T_CFG} for i2t)")
     p.add_argument("--seed", type=int, default=0, help="t2i: sampling seed")
@@ -60,10 +60,12 @@ def get_args(argv=None):
     p.add_argument("--judge-steps", type=int, default=J.STEPS, help="t2i: the judge's training steps")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     args = p.parse_args(argv)
-    if min(args.n, args.batch_size, args.steps, args.judge_images, args.judge_steps) <= 0:
-        p.error("--n, --batch-size, --steps, --judge-images and --judge-steps must be positive")
     if args.cfg is None:
         args.cfg = flow.I2T_CFG if args.task == "i2t" else flow.T2I_CFG
+    if args.steps is None:
+        args.steps = flow.I2T_STEPS if args.task == "i2t" else flow.T2I_STEPS
+    if min(args.n, args.batch_size, args.steps, args.judge_images, args.judge_steps) <= 0:
+        p.error("--n, --batch-size, --steps, --judge-images and --judge-steps must be positive")
     return args
 
 

@@ -19,7 +19,7 @@ import flow
 import text_decoder as td
 import tokenizer as tok
 from common import UserError, load_component
-from flow import I2T_CFG, SAMPLE_STEPS, T2I_CFG, T2I_NOISE_SCALE
+from flow import I2T_CFG, I2T_STEPS, T2I_CFG, T2I_NOISE_SCALE, T2I_STEPS
 from projector import ProjectorConfig, TextEncoder
 
 
@@ -31,7 +31,7 @@ class TextToImagePipeline:
         self.trained_on, self.trained_seed = trained_on, trained_seed  # its --data and --seed (evaluate.py)
 
     @torch.no_grad()
-    def latents(self, prompts, n=4, steps=SAMPLE_STEPS, cfg=T2I_CFG, seed=0, noise_scale=T2I_NOISE_SCALE):
+    def latents(self, prompts, n=4, steps=T2I_STEPS, cfg=T2I_CFG, seed=0, noise_scale=T2I_NOISE_SCALE):
         """prompts (list of P str) -> image latents in flow space (P * n, N, D), prompt-major. Every prompt gets the
         same source noise for a seed, so its images do not depend on which prompts share the batch."""
         device = next(self.model.parameters()).device
@@ -46,7 +46,7 @@ class TextToImagePipeline:
         """Image latents in flow space (B, N, D) -> images (B, 3, H, W) in [0, 1]."""
         return self.tokenizer.decode(self.tokenizer.from_flow(z)).clamp(0, 1)
 
-    def images(self, prompts, n=4, steps=SAMPLE_STEPS, cfg=T2I_CFG, seed=0, noise_scale=T2I_NOISE_SCALE):
+    def images(self, prompts, n=4, steps=T2I_STEPS, cfg=T2I_CFG, seed=0, noise_scale=T2I_NOISE_SCALE):
         """prompts (list of P str) -> images (P * n, 3, H, W) in [0, 1], prompt-major (see latents)."""
         return self.decode(self.latents(prompts, n, steps, cfg, seed, noise_scale))
 
@@ -59,7 +59,7 @@ class ImageToTextPipeline:
         self.trained_on, self.trained_seed = trained_on, trained_seed
 
     @torch.no_grad()
-    def latents(self, images, steps=SAMPLE_STEPS, cfg=I2T_CFG, seed=0):
+    def latents(self, images, steps=I2T_STEPS, cfg=I2T_CFG, seed=0):
         """images (B, 3, H, W) in [0, 1] -> text latents Z_T (B, N, D) as the decoder reads them: the tokenizer's
         posterior mean Z_I -> flow."""
         device = next(self.model.parameters()).device
@@ -74,7 +74,7 @@ class ImageToTextPipeline:
         ids = self.autoencoder.decoder.generate(z_text, temperature=temperature, top_k=top_k, generator=g)
         return [self.vocab.decode(i) for i in ids]
 
-    def captions(self, images, steps=SAMPLE_STEPS, cfg=I2T_CFG, temperature=0.0, top_k=None, seed=0):
+    def captions(self, images, steps=I2T_STEPS, cfg=I2T_CFG, temperature=0.0, top_k=None, seed=0):
         """images (B, 3, H, W) in [0, 1] -> B captions."""
         return self.words(self.latents(images, steps, cfg, seed), temperature, top_k, seed)
 

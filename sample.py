@@ -29,7 +29,8 @@ def get_args(argv=None):
     p.add_argument("--prompts", metavar="FILE", help="a file of prompts: one per line, or JSON lines with 'prompt'")
     p.add_argument("--image", action="append", default=[], help="an image to caption (repeatable)")
     p.add_argument("--n", type=int, default=4, help="images per prompt (default: 4)")
-    p.add_argument("--steps", type=int, default=flow.SAMPLE_STEPS, help=f"Euler steps (default: {flow.SAMPLE_STEPS})")
+    p.add_argument("--steps", type=int, help=f"Euler steps (default: {flow.T2I_STEPS} from text, {flow.I2T_STEPS} "
+                   f"from images)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale; 1 = off (default: "
                                              f"{flow.T2I_CFG} for images, "
                                              f"{flow.I2T_CFG} for captions)")
@@ -44,7 +45,7 @@ def get_args(argv=None):
                                                           "a first call that compiles (about a minute)")
     p.add_argument("--out", default="samples.png", help="the PNG grid to write (default: samples.png)")
     args = p.parse_args(argv)
-    if args.n <= 0 or args.steps <= 0:
+    if args.n <= 0 or (args.steps is not None and args.steps <= 0):
         p.error("--n and --steps must be positive")
     if args.noise_scale < 0:
         p.error("--noise-scale must be >= 0")
@@ -88,7 +89,8 @@ def caption_images(args):
         i2t.model.flow = torch.compile(i2t.model.flow)
     images = torch.stack([read_image(path, i2t.tokenizer.cfg.image_size) for path in args.image])
     guidance = flow.I2T_CFG if args.cfg is None else args.cfg
-    for path, caption in zip(args.image, i2t.captions(images, args.steps, guidance, args.temperature, args.top_k,
+    steps = flow.I2T_STEPS if args.steps is None else args.steps
+    for path, caption in zip(args.image, i2t.captions(images, steps, guidance, args.temperature, args.top_k,
                                                       args.seed)):
         print(f"{path}: {caption}")
 
@@ -107,9 +109,10 @@ def draw_prompts(args):
         if t2i.encoder.count_truncated([p]):
             print(f"warning: prompt longer than {t2i.encoder.num_tokens} tokens, truncated: {p!r}")
     guidance = flow.T2I_CFG if args.cfg is None else args.cfg
-    images = t2i.images(prompts, args.n, args.steps, guidance, args.seed, args.noise_scale)
+    steps = flow.T2I_STEPS if args.steps is None else args.steps
+    images = t2i.images(prompts, args.n, steps, guidance, args.seed, args.noise_scale)
     save_image_grid(images, nrow=args.n, path=args.out, labels=[p[:40] for p in prompts])
-    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} image(s), {args.steps} steps, cfg {guidance})")
+    print(f"wrote {args.out} ({len(prompts)} prompt(s) x {args.n} image(s), {steps} steps, cfg {guidance})")
 
 
 if __name__ == "__main__":

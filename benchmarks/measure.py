@@ -33,7 +33,7 @@ from benchmarks import baselines
 from layers import swiglu_hidden
 
 DESIGNS = ("flowtok", "ldm2d", "crossflow2d")
-SAMPLE_STEPS = flow.SAMPLE_STEPS  # Euler steps per sample, every design
+SAMPLE_STEPS = flow.T2I_STEPS  # Euler steps per text-to-image sample, every design
 TEXT_DIM = 384  # C: the embedded text encoder's width (MiniLM); the paper's CLIP has 768
 TOKENIZER_FOR = {"tiny": "tiny", "cpu": "cpu", "S": "cpu", "B": "paper", "XL": "paper", "H": "paper"}
 
