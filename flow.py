@@ -31,8 +31,7 @@ CFG_FLAG_PROB = 0.1
 # images (README, Design choices): text-to-image reads best without guidance (s = 1 on both seeds measured, where
 # the paper uses s = 2; docs/METHOD.md, "Guidance"), image-to-text with a little (s = 2).
 # Euler steps per sample: text to image the paper's 20; image to text 10, which read held-out compositions better on
-# validation than 20 or 40 (README, Design choices: a caption latent needs no fine detail, and each extra step of
-# a guided flow pulls a held-out pair further towards a trained one).
+# validation than 20 or 40 (README, Design choices, "Held-out compositions").
 T2I_STEPS, I2T_STEPS = 20, 10
 T2I_CFG, I2T_CFG = 1.0, 2.0
 T2I_NOISE_SCALE = 0.5  # text-to-image sampling: Z_T = mean + NOISE_SCALE * std * noise
