@@ -193,7 +193,7 @@ class T2ITask:
     L = L_flow + kl_weight * L_kl + align_weight * L_align on two frozen inputs, both computed once and cached:
     the text encoder's caption embeddings and the tokenizer's posterior (mean, logvar) of every training image.
     Each step draws a fresh image latent from the cached posterior. Previews: a grid of samples for fixed prompts."""
-    DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=1500, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
+    DEFAULTS = dict(preset="cpu", batch_size=128, max_steps=3000, lr=1e-3, min_lr=1e-5, lr_schedule="cosine",
                     warmup_steps=200, weight_decay=0.03, beta2=0.95, grad_clip=1.0, ema_decay=0.999,
                     kl_weight=1e-4, align_weight=1.0, t_dist="uniform")
     NEEDS = ("tokenizer",)
